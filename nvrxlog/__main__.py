@@ -1,0 +1,5 @@
+"""``python -m nvrxlog``: the same as the ``nvrxlog`` console script."""
+
+from ._cli import main
+
+raise SystemExit(main())

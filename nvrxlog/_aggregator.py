@@ -1,0 +1,449 @@
+"""NodeAggregator: tail every writer, merge by time, write the per-node file."""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from operator import itemgetter
+from types import TracebackType
+
+from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ._config import DEFAULT_LOG_DIR, LogConfig, sanitize_name
+from ._exceptions import AggregatorBusyError, LifecycleError, NvrxLogError, TmpDirError
+from ._format import LineFormat
+from ._handler import LOCK_NAME
+from ._message import describe
+from ._record import WriterId, parse_file_name
+from ._report import ErrorCounter
+from ._tail import WriterTail, writer_is_dead
+from ._tmpdir import prepare_tmp_dir
+
+__all__ = ["NodeAggregator", "node_log_path"]
+
+CHECKPOINT_NAME = ".nvrx-aggregator.ckpt"
+_key = itemgetter(0)
+_INF = float("inf")
+_DEAD_CHECK_NS = 1_000_000_000
+_FULL_SCAN_NS = 1_000_000_000
+# Directory mtimes tick coarsely; while the last change is this recent a new
+# file may not have moved it, so the directory is listed regardless.
+_RECENT_DIR_CHANGE_NS = 50_000_000
+_LOCK_WAIT_S = 1.0
+
+_live: weakref.WeakSet[NodeAggregator] = weakref.WeakSet()
+
+#: Receives each batch of records as it is written: ``(records, node)``.
+Sink = Callable[[list[dict], str], None]
+
+
+def node_log_path(log_dir: str, node_id: str) -> str:
+    """Where the per-node file of ``node_id`` lives."""
+    return os.path.join(log_dir, f"nvrx_log_{sanitize_name(node_id)}.log")
+
+
+class NodeAggregator:
+    """Merges every rank's temp files on this node into one per-node file.
+
+    ``start()`` takes the tmpdir's lock (one aggregator per tmpdir) and runs a
+    daemon thread; ``stop(drain=True)`` returns once every record written
+    before the call is in the per-node file. Usable as a context manager.
+    """
+
+    def __init__(
+        self,
+        tmp_dir: str,
+        log_dir: str | None = None,
+        node_id: str | None = None,
+        streamer: str | None = None,
+        *,
+        json: bool = False,
+        merge_window: float = 0.1,
+        idle_interval: float = 0.05,
+        busy_interval: float = 0.005,
+        checkpoint_interval: float = 0.1,
+    ) -> None:
+        if merge_window < 0 or idle_interval <= 0 or busy_interval < 0 or checkpoint_interval < 0:
+            raise NvrxLogError("intervals and the merge window must not be negative")
+        config = LogConfig.from_env() if node_id is None or log_dir is None else None
+        self.tmp_dir = os.path.abspath(tmp_dir)
+        self.log_dir = os.path.abspath(log_dir or (config.log_dir if config else DEFAULT_LOG_DIR))
+        self.node_id = sanitize_name(node_id) if node_id else config.node_id  # type: ignore[union-attr]
+        self.streamer = streamer
+        self.out_path = node_log_path(self.log_dir, self.node_id)
+        self.started = threading.Event()
+        self.stats: Counter[str] = Counter()
+        self.errors = ErrorCounter(f"aggregator {self.node_id}")
+        self._format = LineFormat(json=json)
+        self._window_ns = int(merge_window * 1e9)
+        self._idle_s = idle_interval
+        self._busy_s = busy_interval
+        self._ckpt_ns = int(checkpoint_interval * 1e9)
+        self._sinks: list[Sink] = []
+        self._closed_writers: set[str] = set()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._drain = True
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._owner_pid = os.getpid()
+        self._lock_fd = -1
+        self._out_fd = -1
+        self._tails: dict[str, WriterTail] = {}
+        self._by_tid: dict[int, WriterTail] = {}
+        self._next_tid = 0
+        self._pending: list[tuple] = []
+        self._notices: list[str] = []
+        self._notice_seq = 0
+        self._names: set[str] = set()
+        self._dir_mtime = -1
+        self._last_scan = 0
+        self._last_ckpt = 0
+        self._ckpt = Checkpoint()
+        self._failure: BaseException | None = None
+        _live.add(self)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def add_sink(self, sink: Sink) -> None:
+        """Also hand every written batch to ``sink`` (called on the aggregator thread)."""
+        if self._thread is not None:
+            raise LifecycleError("add sinks before start()")
+        self._sinks.append(sink)
+
+    def start(self) -> NodeAggregator:
+        """Take the tmpdir's lock, recover from the checkpoint and start the thread.
+
+        Raises ``TmpDirError`` for an unusable tmpdir or log dir and
+        ``AggregatorBusyError`` when another aggregator serves the tmpdir.
+        """
+        if self._thread is not None:
+            raise LifecycleError("NodeAggregator.start() called twice")
+        self.tmp_dir = prepare_tmp_dir(self.tmp_dir)
+        try:
+            os.makedirs(self.log_dir, exist_ok=True)
+        except OSError as exc:
+            raise TmpDirError(f"cannot create log dir {self.log_dir}: {exc.strerror}") from exc
+        self._take_lock()
+        try:
+            self._recover()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._thread = threading.Thread(
+            target=self._run, name=f"nvrxlog-aggregator-{self.node_id}", daemon=True
+        )
+        self._thread.start()
+        self.started.set()
+        return self
+
+    def writer_closed(self, writer: WriterId) -> None:
+        """Tell the aggregator that ``writer`` (a handler in this process) wrote its last record."""
+        self._closed_writers.add(str(writer))
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> bool:
+        """Stop the thread; with ``drain``, first write everything logged so far.
+
+        Returns True when the thread has finished. Safe to call twice, and a
+        no-op in a forked child (the thread belongs to the parent).
+        """
+        if self._thread is None or os.getpid() != self._owner_pid:
+            return True
+        self._drain = drain
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def __enter__(self) -> NodeAggregator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True while the aggregator thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.tmp_dir, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise TmpDirError(f"cannot create {path}: {exc.strerror}") from exc
+        # Writers take a shared lock for a moment to ask "is anyone there?";
+        # retry briefly so that does not look like a second aggregator.
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise AggregatorBusyError(f"another aggregator already serves {self.tmp_dir}") from None
+                time.sleep(0.005)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _recover(self) -> None:
+        ckpt_path = os.path.join(self.tmp_dir, CHECKPOINT_NAME)
+        ckpt, problem = load_checkpoint(ckpt_path)
+        if problem:
+            self._notice(problem)
+        self._ckpt = ckpt
+        try:
+            self._out_fd = os.open(
+                self.out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
+            )
+            size = os.fstat(self._out_fd).st_size
+            if ckpt.out == self.out_path and size > ckpt.out_size:
+                # Written after the last checkpoint by an aggregator that died:
+                # those records are re-read and written again, so cut them here.
+                os.ftruncate(self._out_fd, ckpt.out_size)
+                self.stats["recovered_bytes_cut"] += size - ckpt.out_size
+        except OSError as exc:
+            raise TmpDirError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self._busy_s
+        try:
+            while not self._stopping:
+                try:
+                    got = self._cycle(final=False)
+                except Exception as exc:  # never let the thread die silently
+                    self.errors.report(type(exc).__name__, f"cycle failed: {describe(exc)}")
+                    got = False
+                    delay = self._idle_s
+                delay = self._busy_s if got else min(max(delay * 2, 0.001), self._idle_s)
+                wait = delay
+                if self._pending:
+                    due = (self._pending[0][0] + self._window_ns - time.time_ns()) / 1e9
+                    wait = min(wait, max(due, 0.0005))
+                self._wake.wait(wait)
+                self._wake.clear()
+            self._cycle(final=self._drain)
+        except BaseException as exc:
+            self._failure = exc
+            self.errors.report("fatal", f"stopped after an unexpected error: {describe(exc)}")
+        finally:
+            for tail in self._tails.values():
+                tail.close()
+            if self._out_fd >= 0:
+                os.close(self._out_fd)
+                self._out_fd = -1
+            self._release_lock()
+            self._stopped = True
+
+    def _cycle(self, *, final: bool) -> bool:
+        now = time.time_ns()
+        self._scan(now, force=final)
+        batch: list[tuple] = []
+        read = 0
+        for tail in list(self._tails.values()):
+            got = tail.poll(batch)
+            read += got
+            # Asking the OS whether a writer lives costs more than a read, so
+            # only writers that had nothing to say are asked, at most once a
+            # second; the final drain asks every writer.
+            if not tail.dead and (final or not got and now - tail.checked_at >= _DEAD_CHECK_NS):
+                tail.checked_at = now
+                if str(tail.writer) in self._closed_writers or writer_is_dead(tail.writer):
+                    tail.dead = True
+                    read += tail.poll(batch)
+        pending = self._pending
+        if batch:
+            pending.extend(batch)
+            pending.sort()
+        if self._notices:
+            self._flush_notices(now)
+        cutoff = _INF if final else now - self._window_ns
+        ready_n = len(pending) if final else bisect.bisect_right(pending, cutoff, key=_key)
+        if ready_n:
+            ready = pending[:ready_n]
+            del pending[:ready_n]
+            self._write(ready)
+        if final or (ready_n and now - self._last_ckpt >= self._ckpt_ns):
+            self._checkpoint(now)
+        return bool(read)
+
+    def _scan(self, now: int, *, force: bool) -> None:
+        try:
+            mtime = os.stat(self.tmp_dir).st_mtime_ns
+        except OSError as exc:
+            self.errors.report("scan", f"cannot stat {self.tmp_dir}: {exc.strerror}")
+            return
+        if (
+            not force
+            and mtime == self._dir_mtime
+            and now - mtime > _RECENT_DIR_CHANGE_NS
+            and now - self._last_scan < _FULL_SCAN_NS
+        ):
+            return
+        self._dir_mtime = mtime
+        self._last_scan = now
+        seen: set[str] = set()
+        skipped: list[str] = []
+        with os.scandir(self.tmp_dir) as entries:
+            for entry in entries:
+                name = entry.name
+                seen.add(name)
+                if name in self._names:
+                    continue
+                parsed = parse_file_name(name)
+                if parsed is None:
+                    if not name.startswith(".nvrx-aggregator"):
+                        skipped.append(f"{name!r} (not a temp file name)")
+                    continue
+                try:
+                    regular = entry.is_file(follow_symlinks=False)
+                except OSError:
+                    regular = False
+                if not regular:
+                    kind = "symlink" if entry.is_symlink() else "not a regular file"
+                    skipped.append(f"{name!r} ({kind})")
+                    continue
+                writer, index = parsed
+                key = str(writer)
+                tail = self._tails.get(key)
+                if tail is None:
+                    tail = WriterTail(
+                        writer,
+                        self._next_tid,
+                        self.tmp_dir,
+                        self._notice,
+                        last_seq=self._ckpt.writers.get(key, -1),
+                    )
+                    self._next_tid += 1
+                    self._tails[key] = tail
+                    self._by_tid[tail.tid] = tail
+                tail.add_file(index, name)
+        self._names = seen
+        if skipped:
+            self.stats["skipped_entries"] += len(skipped)
+            self._notice(
+                f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} in the tmpdir: {', '.join(skipped[:10])}"
+            )
+
+    def _write(self, ready: list[tuple]) -> None:
+        node = self.node_id
+        line = self._format.line
+        data = "".join([line(item[3], node) for item in ready]).encode("utf-8", "backslashreplace")
+        fd = self._out_fd
+        before = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            # Put the records back and cut any partial write, so the retry
+            # neither loses nor doubles them.
+            self._pending[:0] = ready
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                pass
+            self.errors.report(
+                f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
+                f"cannot write {self.out_path}: {exc.strerror}; retrying",
+            )
+            return
+        by_tid = self._by_tid
+        for _, tid, seq, _ in ready:
+            tail = by_tid.get(tid)
+            if tail is not None:
+                tail.emitted_seq = seq
+        self.stats["records"] += len(ready)
+        self.stats["bytes"] += len(data)
+        if self._sinks:
+            records = [item[3] for item in ready]
+            for sink in self._sinks:
+                sink(records, node)
+
+    def _checkpoint(self, now: int) -> None:
+        ckpt = self._ckpt
+        ckpt.out = self.out_path
+        ckpt.out_size = os.lseek(self._out_fd, 0, os.SEEK_END)
+        ckpt.writers = {key: t.emitted_seq for key, t in self._tails.items() if t.emitted_seq >= 0}
+        try:
+            save_checkpoint(os.path.join(self.tmp_dir, CHECKPOINT_NAME), ckpt)
+        except OSError as exc:
+            self.errors.report("checkpoint", f"cannot save checkpoint: {exc.strerror}")
+            return  # files are kept until a checkpoint covers them
+        self._last_ckpt = now
+        for key, tail in list(self._tails.items()):
+            tail.release(tail.emitted_seq)
+            if tail.done:
+                del self._tails[key]
+                del self._by_tid[tail.tid]
+
+    # -- notices: the aggregator's own lines in the output ---------------------------
+
+    def _notice(self, text: str) -> None:
+        self.stats["notices"] += 1
+        self._notices.append(text)
+
+    def _flush_notices(self, now: int) -> None:
+        for text in self._notices:
+            self._notice_seq += 1
+            self._pending.append(
+                (
+                    now,
+                    -1,
+                    self._notice_seq,
+                    {
+                        "seq": self._notice_seq,
+                        "ts": now,
+                        "level": "WARNING",
+                        "rank": None,
+                        "local_rank": None,
+                        "infra_rank": None,
+                        "infra_local_rank": None,
+                        "pid": os.getpid(),
+                        "file": "nvrxlog",
+                        "line": 0,
+                        "msg": f"nvrxlog aggregator: {text}",
+                    },
+                )
+            )
+        self._notices.clear()
+        self._pending.sort()
+
+    def _after_fork_in_child(self) -> None:
+        # The thread did not survive the fork; the descriptors did. Drop our
+        # copies without unlocking, so the parent keeps its lock.
+        for fd in (self._lock_fd, self._out_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._lock_fd = self._out_fd = -1
+        for tail in self._tails.values():
+            tail.close()
+
+
+def _reinit_in_child() -> None:
+    for aggregator in list(_live):
+        aggregator._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_in_child)

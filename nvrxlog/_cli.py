@@ -1,0 +1,101 @@
+"""The command line: ``nvrxlog aggregate | stream | tail | demo``.
+
+Argument parsing, exit codes and one-line errors live here; the work is done
+by the same classes the Python API exposes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from ._exceptions import NvrxLogError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"nvrxlog: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nvrxlog", description="Per-node log aggregation for training jobs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    agg = sub.add_parser(
+        "aggregate",
+        help="run the node aggregator service",
+        description="Merge every rank's temp files in --tmp-dir into the per-node file in --log-dir. "
+        "Runs until SIGTERM/SIGINT or until --wait-file exists, then drains and exits 0.",
+    )
+    agg.add_argument("--tmp-dir", required=True, help="node-local temp dir (NVRX_NODE_LOCAL_TMPDIR)")
+    agg.add_argument("--log-dir", required=True, help="where nvrx_log_<node>.log is written")
+    agg.add_argument("--node-id", help="node name (default: NVRX_NODE_ID, SLURMD_NODENAME, hostname)")
+    agg.add_argument("--streamer", help="tcp://HOST:PORT of the central streamer to forward to")
+    agg.add_argument("--wait-file", help="drain and exit once this file exists")
+    agg.add_argument("--json", action="store_true", help="write JSON lines instead of text")
+    agg.set_defaults(func=_aggregate)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a small simulated job on this machine",
+        description="Simulated nodes with several ranks each, an aggregator per node; "
+        "prints where the outputs are.",
+    )
+    demo.add_argument("--dir", help="work directory (default: a new temp directory)")
+    demo.add_argument("--nodes", type=int, default=2)
+    demo.add_argument("--ranks", type=int, default=4, help="ranks per node")
+    demo.add_argument("--steps", type=int, default=50)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NvrxLogError as exc:
+        print(f"nvrxlog: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _wait_for_stop(wait_file: str | None) -> None:
+    """Block until SIGTERM/SIGINT or until ``wait_file`` exists."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # A file has no event to wait on; checking it twice a second is cheap.
+    while not stop.wait(0.5 if wait_file else None):
+        if wait_file and os.path.exists(wait_file):
+            return
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    from ._aggregator import NodeAggregator
+
+    aggregator = NodeAggregator(args.tmp_dir, args.log_dir, args.node_id, args.streamer, json=args.json)
+    aggregator.start()
+    try:
+        _wait_for_stop(args.wait_file)
+    finally:
+        aggregator.stop(drain=True)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args.dir, nodes=args.nodes, ranks=args.ranks, steps=args.steps)

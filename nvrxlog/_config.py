@@ -1,0 +1,116 @@
+"""Resolved settings: every NVRX_* variable, the rank fields and the node id."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["LogConfig", "sanitize_name"]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+DEFAULT_MAX_FILE_SIZE_KB = 10240
+DEFAULT_MAX_LOG_FILES = 4
+DEFAULT_LOG_DIR = "nvrx_logs"
+
+
+def sanitize_name(name: str, *, limit: int = 64) -> str:
+    """Return ``name`` made safe for a file name and a log line.
+
+    Anything outside ``[A-Za-z0-9._-]`` becomes ``_`` and a leading dot is
+    replaced, so a name can never be ``..``, a hidden file or a path.
+    """
+    safe = _UNSAFE.sub("_", name)[:limit]
+    if not safe or safe.startswith("."):
+        safe = "_" + safe[1:] if safe else "_"
+    return safe
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    """Every setting nvrxlog reads from the environment, resolved once.
+
+    Ranks that are unset or malformed are ``None`` (printed as ``?``); a
+    malformed value is described in ``problems`` instead of raising.
+    """
+
+    node_local_tmp_dir: str | None = None
+    debug: bool = False
+    to_stdout: bool = False
+    max_file_size_kb: int = DEFAULT_MAX_FILE_SIZE_KB
+    max_log_files: int = DEFAULT_MAX_LOG_FILES
+    log_dir: str = DEFAULT_LOG_DIR
+    streamer: str | None = None
+    aggregator: str = "thread"
+    node_id: str = "localhost"
+    rank: int | None = None
+    local_rank: int | None = None
+    infra_rank: int | None = None
+    infra_local_rank: int | None = None
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LogConfig:
+        """Read the settings from ``environ`` (default: ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def integer(name: str, *, minimum: int | None = None) -> int | None:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return None
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not an integer; treated as unset")
+                return None
+            if minimum is not None and value < minimum:
+                problems.append(f"{name}={raw!r} is below {minimum}; treated as unset")
+                return None
+            return value
+
+        infra_rank = integer("SLURM_PROCID", minimum=0)
+        array_task = integer("SLURM_ARRAY_TASK_ID", minimum=0)
+        nnodes = integer("SLURM_NNODES", minimum=1)
+        # Job arrays run the same SLURM_PROCIDs once per task; offsetting keeps
+        # infra ranks distinct across the array.
+        if infra_rank is not None and array_task is not None and nnodes is not None:
+            infra_rank += array_task * nnodes
+
+        aggregator = (env.get("NVRX_LOG_AGGREGATOR") or "thread").strip().lower()
+        if aggregator not in ("thread", "external"):
+            problems.append(
+                f"NVRX_LOG_AGGREGATOR={aggregator!r} is not 'thread' or 'external'; using 'thread'"
+            )
+            aggregator = "thread"
+
+        node = env.get("NVRX_NODE_ID") or env.get("SLURMD_NODENAME") or socket.gethostname()
+        return cls(
+            node_local_tmp_dir=env.get("NVRX_NODE_LOCAL_TMPDIR") or None,
+            debug=_flag(env.get("NVRX_LOG_DEBUG")),
+            to_stdout=_flag(env.get("NVRX_LOG_TO_STDOUT")),
+            max_file_size_kb=integer("NVRX_LOG_MAX_FILE_SIZE_KB", minimum=1) or DEFAULT_MAX_FILE_SIZE_KB,
+            max_log_files=integer("NVRX_LOG_MAX_LOG_FILES", minimum=1) or DEFAULT_MAX_LOG_FILES,
+            log_dir=env.get("NVRX_LOG_DIR") or DEFAULT_LOG_DIR,
+            streamer=env.get("NVRX_LOG_STREAMER") or None,
+            aggregator=aggregator,
+            node_id=sanitize_name(node),
+            rank=integer("RANK", minimum=0),
+            local_rank=integer("LOCAL_RANK", minimum=0),
+            infra_rank=infra_rank,
+            infra_local_rank=integer("SLURM_LOCALID", minimum=0),
+            problems=tuple(problems),
+        )
+
+    @property
+    def node_local_rank(self) -> int | None:
+        """The rank of this process on its node: workload's if known, else SLURM's."""
+        return self.local_rank if self.local_rank is not None else self.infra_local_rank
+
+
+def _flag(raw: str | None) -> bool:
+    return raw is not None and raw.strip().lower() in _TRUE

@@ -1,0 +1,83 @@
+"""``nvrxlog demo``: a small simulated multi-node job on this machine."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+__all__ = ["run_demo"]
+
+
+def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int = 50) -> int:
+    """Run ``nodes`` simulated nodes of ``ranks`` ranks each; print where the outputs are."""
+    from ._aggregator import NodeAggregator
+
+    if nodes < 1 or ranks < 1 or steps < 1:
+        raise SystemExit("nvrxlog: --nodes, --ranks and --steps must be at least 1")
+    work = os.path.abspath(work_dir or tempfile.mkdtemp(prefix="nvrxlog-demo-"))
+    log_dir = os.path.join(work, "logs")
+    print(f"nvrxlog demo: {nodes} nodes x {ranks} ranks, {steps} steps, in {work}", flush=True)
+    aggregators = []
+    procs = []
+    started = time.monotonic()
+    try:
+        for n in range(nodes):
+            node = f"node{n + 1:03d}"
+            tmp = os.path.join(work, "tmp", node)
+            aggregators.append(NodeAggregator(tmp, log_dir, node).start())
+            for local in range(ranks):
+                env = dict(
+                    os.environ,
+                    NVRX_NODE_LOCAL_TMPDIR=tmp,
+                    NVRX_LOG_AGGREGATOR="external",
+                    NVRX_NODE_ID=node,
+                    RANK=str(n * ranks + local),
+                    LOCAL_RANK=str(local),
+                    WORLD_SIZE=str(nodes * ranks),
+                )
+                cmd = [sys.executable, "-m", "nvrxlog._demo", str(steps)]
+                procs.append(subprocess.Popen(cmd, env=env))
+        failed = sum(1 for p in procs if p.wait() != 0)
+    finally:
+        for aggregator in aggregators:
+            aggregator.stop(drain=True)
+    print(f"\nfinished in {time.monotonic() - started:.1f}s ({failed} rank(s) failed)")
+    print("per-node files:")
+    for aggregator in aggregators:
+        print(f"  {aggregator.out_path}  ({aggregator.stats['records']} records)")
+    last = aggregators[0].out_path
+    print(f"\nlast lines of {os.path.basename(last)}:")
+    with open(last, encoding="utf-8", errors="replace") as f:
+        for line in f.readlines()[-8:]:
+            print("  " + line.rstrip("\n"))
+    return 1 if failed else 0
+
+
+def _rank_main(steps: int) -> None:
+    from . import setup_logger
+
+    log = setup_logger()
+    rank = int(os.environ["RANK"])
+    rng = random.Random(rank)
+    log.info("rank %d starting: world size %s", rank, os.environ.get("WORLD_SIZE"))
+    loss = 2.5
+    for step in range(steps):
+        loss *= 0.97 + rng.random() * 0.02
+        log.info("step %d loss %.4f lr %.2e", step, loss, 3e-4)
+        time.sleep(0.005)
+        if rank == 1 and step == steps // 2:
+            log.warning("gradient norm %.1f above clip threshold", 12.5)
+        if rank == 2 and step == steps // 2:
+            try:
+                {}["missing_checkpoint_key"]
+            except KeyError:
+                log.exception("failed to restore optimizer state; continuing from scratch")
+    log.info("rank %d done", rank)
+
+
+if __name__ == "__main__":
+    _rank_main(int(sys.argv[1]))

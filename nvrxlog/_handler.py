@@ -1,0 +1,227 @@
+"""The per-rank handler: one encode and one ``write(2)`` per record to the
+process's own rotated temp files under the node-local tmpdir."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections import deque
+from typing import NamedTuple
+
+import orjson
+
+from ._config import LogConfig, sanitize_name
+from ._message import MAX_MESSAGE_CHARS, full_message, unformattable
+from ._record import WriterId, file_name
+from ._safe import SafeHandler
+
+__all__ = ["NodeLocalHandler", "LOCK_NAME", "aggregator_alive"]
+
+LOCK_NAME = ".nvrx-aggregator.lock"
+# While an aggregator is alive but behind, keep this much unconsumed backlog
+# before deleting anything: retention is for an absent aggregator, not a busy one.
+BEHIND_BACKLOG_BYTES = 256 << 20
+
+
+class _ClosedFile(NamedTuple):
+    path: str
+    first_seq: int
+    last_seq: int
+
+
+class NodeLocalHandler(SafeHandler):
+    """Appends each record as one orjson line to this process's own temp file.
+
+    A record is in the kernel when ``emit`` returns. Files rotate by size;
+    unconsumed files are deleted (and the loss written as a record) only when
+    no aggregator holds the tmpdir's lock, or when one is far behind.
+    """
+
+    def __init__(
+        self,
+        tmp_dir: str,
+        config: LogConfig,
+        *,
+        prefix: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.tmp_dir = tmp_dir
+        self._config = config
+        self._user_prefix = sanitize_name(prefix) if prefix else None
+        self._max_bytes = config.max_file_size_kb * 1024
+        self._max_files = config.max_log_files
+        self._behind_files = max(self._max_files, BEHIND_BACKLOG_BYTES // self._max_bytes)
+        self._ranks = (config.rank, config.local_rank, config.infra_rank, config.infra_local_rank)
+        self._start_writer()
+
+    # -- writer identity and files -------------------------------------------------
+
+    def _start_writer(self) -> None:
+        pid = os.getpid()
+        self._pid = pid
+        self.writer = WriterId(
+            prefix=self._user_prefix or str(pid),
+            local_rank=self._config.node_local_rank,
+            pid=pid,
+            start_ns=time.time_ns(),
+        )
+        self._fd = -1
+        self._index = -1
+        self._size = 0
+        self._seq = 0
+        self._file_first_seq = 0
+        self._torn = False
+        self._closed_files: deque[_ClosedFile] = deque()
+        self.lost_records = 0
+
+    def _open_next(self) -> int:
+        self._index += 1
+        path = os.path.join(self.tmp_dir, file_name(self.writer, self._index))
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._path = path
+        self._size = 0
+        self._file_first_seq = self._seq
+        return self._fd
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        self._closed_files.append(_ClosedFile(self._path, self._file_first_seq, self._seq - 1))
+        self._open_next()
+        self._enforce_retention()
+
+    def _enforce_retention(self) -> None:
+        files = self._closed_files
+        # The aggregator deletes a writer's files in order once consumed, so
+        # consumed files are always a prefix of this deque.
+        while files and not os.path.exists(files[0].path):
+            files.popleft()
+        if len(files) < self._max_files:
+            return
+        allowed = self._behind_files if aggregator_alive(self.tmp_dir) else self._max_files - 1
+        if len(files) <= allowed:
+            return
+        first = files[0].first_seq
+        last = first - 1
+        count = 0
+        while len(files) > allowed:
+            dropped = files.popleft()
+            try:
+                os.unlink(dropped.path)
+            except FileNotFoundError:
+                continue  # consumed between the check and now: nothing lost
+            last = dropped.last_seq
+            count += 1
+        if count:
+            lost = last - first + 1
+            self.lost_records += lost
+            text = (
+                f"nvrxlog: deleted {count} unconsumed temp file(s) of this process, "
+                f"records seq {first}-{last} ({lost}) are lost: the node aggregator "
+                f"is absent or far behind (NVRX_LOG_MAX_LOG_FILES={self._max_files})"
+            )
+            self.errors.report("retention", text)
+            self._write(self._encode("WARNING", "nvrxlog", 0, text, time.time_ns()))
+
+    # -- logging.Handler -----------------------------------------------------------
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            try:
+                msg = record.getMessage()
+            except RecursionError:
+                raise
+            except Exception as exc:
+                msg = unformattable(record, exc, self.errors)
+            if record.exc_info or record.exc_text or record.stack_info or len(msg) > MAX_MESSAGE_CHARS:
+                msg = full_message(record, msg, self.errors)
+            self._write(
+                self._encode(record.levelname, record.filename, record.lineno, msg, int(record.created * 1e9))
+            )
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _encode(self, level: str, file: str, line: int, msg: str, ts: int) -> bytes:
+        rank, local_rank, infra_rank, infra_local_rank = self._ranks
+        seq = self._seq
+        self._seq = seq + 1
+        record = {
+            "seq": seq,
+            "ts": ts,
+            "level": level,
+            "rank": rank,
+            "local_rank": local_rank,
+            "infra_rank": infra_rank,
+            "infra_local_rank": infra_local_rank,
+            "pid": self._pid,
+            "file": file,
+            "line": line,
+            "msg": msg,
+        }
+        try:
+            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:
+            # Lone surrogates (e.g. from undecodable file names) are not UTF-8.
+            record["msg"] = msg.encode("utf-8", "backslashreplace").decode("utf-8")
+            record["file"] = str(file).encode("utf-8", "backslashreplace").decode("utf-8")
+            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+    def _write(self, data: bytes) -> None:
+        fd = self._fd
+        if fd < 0:
+            fd = self._open_next()
+        if self._torn:
+            # The previous record was cut short by a failed write: start on a
+            # fresh line so the fragment stays a separate, recognisable bad line.
+            data = b"\n" + data
+        written = os.write(fd, data)
+        while written < len(data):
+            self._torn = True
+            written += os.write(fd, data[written:])
+        self._torn = False
+        self._size += written
+        if self._size >= self._max_bytes:
+            self._rotate()
+
+    def close(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._fd >= 0:
+                try:
+                    os.close(self._fd)
+                except OSError:
+                    pass
+                self._fd = -1
+        super().close()
+
+    def after_fork_in_child(self) -> None:
+        """Start a writer of the child's own (new files, seq from 0)."""
+        super().after_fork_in_child()
+        # The inherited descriptor points at the parent's file: writing to it
+        # would interleave two processes in one file.
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._start_writer()
+
+
+def aggregator_alive(tmp_dir: str) -> bool:
+    """True if a live aggregator holds the lock of ``tmp_dir``."""
+    try:
+        fd = os.open(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases our shared lock at once
+    return False

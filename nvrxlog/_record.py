@@ -1,0 +1,101 @@
+"""The temp message file format shared by the rank-side writer and the aggregator.
+
+A writer's files are named ``nvrx.<prefix>.<local rank|x>.<pid>.<start ns>.<index>.jsonl``:
+the writer (prefix, local rank, pid, and the writer's start time, since pids are
+reused) and the order of its rotated files can be read off the name without
+opening it.
+
+Each record is one orjson object on one line, so a multi-line traceback is a
+single record and a line with no newline at its end is a record still being
+written (or left half written by a writer that died). Keys:
+``seq ts level rank local_rank infra_rank infra_local_rank pid file line msg``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+__all__ = ["WriterId", "decode_lines", "file_name", "parse_file_name"]
+
+SUFFIX = ".jsonl"
+_NAME = re.compile(
+    r"^nvrx\.(?P<prefix>[A-Za-z0-9_-]{1,64})\.(?P<lrank>\d{1,6}|x)\.(?P<pid>\d{1,10})"
+    r"\.(?P<start>\d{1,20})\.(?P<index>\d{6,12})\.jsonl$"
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class WriterId:
+    """Who wrote a temp file: one handler instance in one process."""
+
+    prefix: str
+    local_rank: int | None
+    pid: int
+    start_ns: int
+
+    def __str__(self) -> str:
+        lrank = "x" if self.local_rank is None else str(self.local_rank)
+        return f"nvrx.{self.prefix}.{lrank}.{self.pid}.{self.start_ns}"
+
+
+def file_name(writer: WriterId, index: int) -> str:
+    """Name of the ``index``-th temp file of ``writer``."""
+    return f"{writer}.{index:06d}{SUFFIX}"
+
+
+def parse_file_name(name: str) -> tuple[WriterId, int] | None:
+    """``(writer, index)`` for a temp file name, or ``None`` if it is not one."""
+    match = _NAME.match(name)
+    if match is None:
+        return None
+    lrank = match["lrank"]
+    writer = WriterId(
+        prefix=match["prefix"],
+        local_rank=None if lrank == "x" else int(lrank),
+        pid=int(match["pid"]),
+        start_ns=int(match["start"]),
+    )
+    return writer, int(match["index"])
+
+
+def decode_lines(lines: list[bytes]) -> tuple[list[dict], list[bytes]]:
+    """Decode complete record lines; return ``(records, bad_lines)``.
+
+    The common case (all lines good) is one orjson call for the whole batch;
+    only when that fails is each line decoded alone to find the bad ones.
+    """
+    if not lines:
+        return [], []
+    try:
+        records = orjson.loads(b"[" + b",".join(lines) + b"]")
+        if all(map(_valid, records)):
+            return records, []
+    except orjson.JSONDecodeError:
+        pass
+    good: list[dict] = []
+    bad: list[bytes] = []
+    for line in lines:
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            bad.append(line)
+            continue
+        if _valid(record):
+            good.append(record)
+        else:
+            bad.append(line)
+    return good, bad
+
+
+def _valid(record: object) -> bool:
+    # Valid JSON is not enough: garbage such as ``[]`` or ``{"seq": "x"}`` must
+    # not reach the merge, which orders and de-duplicates by these two ints.
+    return (
+        type(record) is dict
+        and type(record.get("seq")) is int
+        and type(record.get("ts")) is int
+        and type(record.get("msg")) is str
+    )

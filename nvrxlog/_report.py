@@ -1,0 +1,40 @@
+"""Last-resort reporting that never goes back through ``logging``.
+
+Used by handlers and the aggregator when logging itself is what failed: one
+line per distinct cause on file descriptor 2, then only counting.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+
+__all__ = ["ErrorCounter"]
+
+
+class ErrorCounter:
+    """Counts failures by cause and prints the first of each cause once."""
+
+    def __init__(self, who: str) -> None:
+        self._who = who
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def report(self, cause: str, detail: str) -> bool:
+        """Count one failure of ``cause``; print it if it is the first. Never raises."""
+        with self._lock:
+            first = cause not in self.counts
+            self.counts[cause] += 1
+        if first:
+            line = f"nvrxlog: {self._who}: {detail} (further '{cause}' failures are counted, not printed)\n"
+            try:
+                os.write(2, line.encode("utf-8", "backslashreplace"))
+            except OSError:
+                pass  # stderr itself is gone: counting is all that is left
+        return first
+
+    def reinit_after_fork(self) -> None:
+        """Fresh lock and counts in a forked child: the parent's are not ours."""
+        self._lock = threading.Lock()
+        self.counts = Counter()

@@ -1,0 +1,121 @@
+"""The base every nvrxlog handler shares: it cannot recurse and cannot raise."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import threading
+import weakref
+
+from ._message import describe
+from ._report import ErrorCounter
+
+__all__ = ["SafeHandler", "SafeStreamHandler", "AppendFileHandler"]
+
+_live: weakref.WeakSet[SafeHandler] = weakref.WeakSet()
+
+
+class SafeHandler(logging.Handler):
+    """A handler whose failures are counted and reported once per cause.
+
+    Filters run under the handler's lock, so a filter, formatter or message
+    that logs re-enters ``handle`` on the same thread and is caught by a depth
+    counter instead of recursing until ``RecursionError``: a record logged
+    while logging is written once (filters skipped), deeper ones are dropped
+    and counted.
+    """
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._safe_init()
+
+    def _safe_init(self) -> None:
+        self._depth = 0
+        self.errors = ErrorCounter(type(self).__name__)
+        _live.add(self)
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        with self.lock:  # type: ignore[union-attr]
+            depth = self._depth
+            if depth:
+                if depth > 1:
+                    self.errors.report("recursion", "a record logged while logging was dropped")
+                    return False
+            elif self.filters:
+                result = self.filter(record)
+                if not result:
+                    return False
+                if isinstance(result, logging.LogRecord):
+                    record = result
+            self._depth = depth + 1
+            try:
+                self.emit(record)
+            finally:
+                self._depth = depth
+        return True
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        cause = type(exc).__name__
+        if isinstance(exc, OSError) and exc.errno is not None:
+            cause = f"{cause}:{errno.errorcode.get(exc.errno, exc.errno)}"
+        self.errors.report(cause, f"a record was dropped: {cause}: {describe(exc)}")
+
+    def after_fork_in_child(self) -> None:
+        """Make the handler the child's own: fresh lock, depth and counters.
+
+        Another thread may have held the lock at the moment of the fork; in
+        the child that thread does not exist and would never release it.
+        """
+        self.lock = threading.RLock()
+        self._depth = 0
+        self.errors.reinit_after_fork()
+
+
+class SafeStreamHandler(SafeHandler, logging.StreamHandler):
+    """``logging.StreamHandler`` with the guarantees of ``SafeHandler``."""
+
+    def __init__(self, stream: object) -> None:
+        logging.StreamHandler.__init__(self, stream)  # type: ignore[arg-type]
+        self._safe_init()
+
+
+class AppendFileHandler(SafeHandler):
+    """Appends each formatted record to a file shared by many processes.
+
+    One ``write(2)`` per record on an ``O_APPEND`` descriptor, so lines from
+    different ranks never interleave inside a record.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = os.path.abspath(path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        super().close()
+
+
+def _reinit_in_child() -> None:
+    for handler in list(_live):
+        handler.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_in_child)

@@ -1,0 +1,168 @@
+"""setup_logger() and the one place that holds nvrxlog's global state."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+
+from ._aggregator import NodeAggregator
+from ._config import LogConfig
+from ._exceptions import AggregatorBusyError, NvrxLogError
+from ._format import RankFormatter
+from ._handler import NodeLocalHandler
+from ._report import ErrorCounter
+from ._safe import AppendFileHandler, SafeStreamHandler
+from ._tmpdir import prepare_tmp_dir
+
+__all__ = ["setup_logger", "reset_state", "LOGGER_NAME"]
+
+LOGGER_NAME = "nvrx"
+
+
+class _State:
+    """What setup_logger configured in this process (reset by tests and force_reset)."""
+
+    def __init__(self) -> None:
+        self.configured = False
+        self.handlers: list[logging.Handler] = []
+        self.aggregator: NodeAggregator | None = None
+        self.config: LogConfig | None = None
+        self.reported: set[str] = set()
+
+
+_state = _State()
+_lock = threading.RLock()
+_errors = ErrorCounter("setup_logger")
+
+
+def setup_logger(
+    node_local_tmp_dir: str | None = None,
+    force_reset: bool = False,
+    node_local_tmp_prefix: str | None = None,
+    log_file: str | None = None,
+) -> logging.Logger:
+    """Configure and return the ``nvrx`` logger for this process.
+
+    Regular mode (no tmpdir) writes to stderr, or stdout with
+    ``NVRX_LOG_TO_STDOUT=1``. Node-local mode (``node_local_tmp_dir`` or
+    ``NVRX_NODE_LOCAL_TMPDIR``) appends records to this process's temp files;
+    the node's local rank 0 also starts the aggregator thread unless
+    ``NVRX_LOG_AGGREGATOR=external``. ``log_file`` additionally appends every
+    rank's lines to one shared file with an ``srun -l`` style rank prefix.
+
+    A second call returns the configured logger unchanged unless
+    ``force_reset`` is true. Problems with the environment or the tmpdir are
+    reported once on stderr and never raised: logging falls back to stderr.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    with _lock:
+        if _state.configured and not force_reset:
+            return logger
+        _teardown(logger)
+        config = LogConfig.from_env()
+        _state.config = config
+        logger.setLevel(logging.DEBUG if config.debug else logging.INFO)
+        logger.propagate = False  # the root logger's handlers would print every line twice
+
+        tmp_dir = node_local_tmp_dir or config.node_local_tmp_dir
+        handler: logging.Handler | None = None
+        if tmp_dir:
+            try:
+                tmp_dir = prepare_tmp_dir(tmp_dir)
+                handler = NodeLocalHandler(tmp_dir, config, prefix=node_local_tmp_prefix)
+            except (NvrxLogError, OSError) as exc:
+                _report_once(f"node-local logging is off, writing to stderr instead: {exc}")
+                tmp_dir = None
+        if handler is None and log_file is None:
+            handler = SafeStreamHandler(sys.stdout if config.to_stdout else sys.stderr)
+            handler.setFormatter(RankFormatter(config))
+        if handler is not None:
+            _add(logger, handler)
+        if log_file is not None:
+            try:
+                shared = AppendFileHandler(log_file)
+                shared.setFormatter(RankFormatter(config, rank_prefix=True))
+                _add(logger, shared)
+            except OSError as exc:
+                _report_once(f"cannot open log_file {log_file}: {exc.strerror}; writing to stderr")
+                fallback = SafeStreamHandler(sys.stderr)
+                fallback.setFormatter(RankFormatter(config))
+                _add(logger, fallback)
+        _state.configured = True
+
+        if tmp_dir and config.aggregator == "thread" and config.node_local_rank in (0, None):
+            _start_aggregator(tmp_dir, config)
+        for problem in config.problems:
+            if problem not in _state.reported:
+                _state.reported.add(problem)
+                logger.warning("nvrxlog configuration: %s", problem)
+    return logger
+
+
+def _add(logger: logging.Logger, handler: logging.Handler) -> None:
+    logger.addHandler(handler)
+    _state.handlers.append(handler)
+
+
+def _start_aggregator(tmp_dir: str, config: LogConfig) -> None:
+    aggregator = NodeAggregator(tmp_dir, config.log_dir, config.node_id, config.streamer)
+    try:
+        aggregator.start()
+    except AggregatorBusyError:
+        return  # another process on this node aggregates; that is fine
+    except NvrxLogError as exc:
+        _report_once(f"the node aggregator could not start: {exc}; records stay in {tmp_dir}")
+        return
+    _state.aggregator = aggregator
+
+
+def _teardown(logger: logging.Logger) -> None:
+    aggregator = _state.aggregator
+    _state.aggregator = None
+    for handler in _state.handlers:
+        logger.removeHandler(handler)
+        handler.close()
+        if aggregator is not None and isinstance(handler, NodeLocalHandler):
+            aggregator.writer_closed(handler.writer)
+    _state.handlers.clear()
+    if aggregator is not None:
+        aggregator.stop(drain=True)  # a no-op in a forked child: not its thread
+    _state.configured = False
+
+
+def reset_state() -> None:
+    """Undo setup_logger in this process: remove handlers, stop the aggregator."""
+    with _lock:
+        _teardown(logging.getLogger(LOGGER_NAME))
+        _state.reported.clear()
+
+
+def running_aggregator() -> NodeAggregator | None:
+    """The aggregator setup_logger started in this process, if any."""
+    return _state.aggregator
+
+
+def _report_once(text: str) -> None:
+    _errors.report(text, text)
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    # Records a rank logged just before exiting must still reach the node file.
+    if _state.aggregator is not None:
+        with _lock:
+            _teardown(logging.getLogger(LOGGER_NAME))
+
+
+def _reinit_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    # The aggregator thread is the parent's: the child neither runs nor joins it.
+    _state.aggregator = None
+    _errors.reinit_after_fork()
+
+
+os.register_at_fork(after_in_child=_reinit_in_child)

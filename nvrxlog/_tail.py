@@ -1,0 +1,217 @@
+"""Following one writer's temp files: whole records only, rotation in order.
+
+A tail reads its writer's current file from where it stopped, hands over only
+complete lines (a line without its newline is still being written), and moves
+to the next file only after it knows the writer has moved on (a later file
+exists, so the earlier one is final) or has died. Records are de-duplicated and
+checked for gaps by the writer's sequence number, which is also what the
+aggregator checkpoints: a restart re-reads the files that are left and skips
+what was already written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from ._record import WriterId, decode_lines
+
+__all__ = ["WriterTail", "writer_is_dead", "MAX_LINE_BYTES"]
+
+# The handler caps a message at 1 Mi characters; escaped as JSON that is at
+# most a few MiB. Anything longer without a newline is not a record.
+MAX_LINE_BYTES = 16 << 20
+_READ_CHUNK = 1 << 20
+
+Notice = Callable[[str], None]
+
+
+@dataclass(slots=True)
+class _Finished:
+    path: str
+    last_seq: int
+
+
+def writer_is_dead(writer: WriterId) -> bool:
+    """True once ``writer``'s process is gone (or its pid now belongs to another)."""
+    try:
+        proc = psutil.Process(writer.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        # A pid reused by a process started after this writer is not our writer.
+        return proc.create_time() > writer.start_ns / 1e9 + 1.0
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+class WriterTail:
+    """Reads one writer's files in index order; see the module docstring."""
+
+    def __init__(self, writer: WriterId, tid: int, tmp_dir: str, notice: Notice, last_seq: int = -1) -> None:
+        self.writer = writer
+        self.tid = tid  # small unique int: merge tuples compare it, never the records
+        self.tmp_dir = tmp_dir
+        self._notice = notice
+        self.files: dict[int, str] = {}  # index -> name, not yet opened
+        self.last_seq = last_seq  # highest seq handed over (or written before a restart)
+        self.emitted_seq = last_seq  # highest seq written to the output
+        self.last_key = 0  # per-writer monotonic merge key
+        self.dead = False
+        self.checked_at = 0  # when the aggregator last asked whether the writer lives
+        self._index = -1
+        self._fd = -1
+        self._path = ""
+        self._partial = b""
+        self._skipping = False  # inside an over-long line, dropping to its end
+        self._finished: list[_Finished] = []
+
+    @property
+    def done(self) -> bool:
+        """Dead, every file read, and every file deleted: nothing left to do."""
+        return self.dead and self._fd < 0 and not self.files and not self._finished
+
+    def add_file(self, index: int, name: str) -> None:
+        """Tell the tail that file ``index`` of its writer exists."""
+        if index > self._index and index not in self.files:
+            self.files[index] = name
+
+    def poll(self, out: list) -> int:
+        """Append ``(key, tid, seq, record)`` per new complete record; return bytes read."""
+        total = 0
+        while True:
+            if self._fd < 0 and not self._open_next():
+                return total
+            total += self._read_available(out)
+            # A later file means this one is final; a dead writer writes no more.
+            if self.files or self.dead:
+                self._finish_current()
+                continue
+            return total
+
+    def _open_next(self) -> bool:
+        if not self.files:
+            return False
+        index = min(self.files)
+        name = self.files.pop(index)
+        path = os.path.join(self.tmp_dir, name)
+        try:
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            # Deleted by the writer's retention before we got to it; the
+            # sequence gap reports exactly which records went with it.
+            self._index = index
+            return True
+        except OSError as exc:
+            self._notice(f"cannot read temp file {name}: {exc}; skipped")
+            self._index = index
+            return True
+        self._index = index
+        self._path = path
+        self._partial = b""
+        self._skipping = False
+        return True
+
+    def _read_available(self, out: list) -> int:
+        fd = self._fd
+        if fd < 0:
+            return 0
+        chunks = [self._partial] if self._partial else []
+        total = 0
+        while True:
+            chunk = os.read(fd, _READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if len(chunk) < _READ_CHUNK:
+                break
+        if not total:
+            return 0
+        data = b"".join(chunks)
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._partial = b""
+                return total
+            self._skipping = False
+            data = data[nl + 1 : cut]
+        else:
+            data = data[:cut]
+        if len(self._partial) > MAX_LINE_BYTES:
+            self._notice(
+                f"a line over {MAX_LINE_BYTES} bytes without a newline in {os.path.basename(self._path)}; dropped"
+            )
+            self._partial = b""
+            self._skipping = True
+        if data:
+            self._take(data.split(b"\n")[:-1], out)
+        return total
+
+    def _take(self, lines: list[bytes], out: list) -> None:
+        lines = [line for line in lines if line] if b"" in lines else lines
+        records, bad = decode_lines(lines)
+        if bad:
+            sample = bad[0][:120]
+            self._notice(
+                f"skipped {len(bad)} malformed line(s) in {os.path.basename(self._path)} (first: {sample!r})"
+            )
+        last_seq = self.last_seq
+        last_key = self.last_key
+        append = out.append
+        tid = self.tid
+        for record in records:
+            seq = record["seq"]
+            if seq <= last_seq:
+                continue  # already written before a restart
+            if seq != last_seq + 1:
+                self._notice(
+                    f"records seq {last_seq + 1}-{seq - 1} ({seq - last_seq - 1}) of {self.writer} are missing"
+                )
+            last_seq = seq
+            key = record["ts"]
+            if key < last_key:
+                key = last_key  # a clock step back must not reorder one writer's records
+            else:
+                last_key = key
+            append((key, tid, seq, record))
+        self.last_seq = last_seq
+        self.last_key = last_key
+
+    def _finish_current(self) -> None:
+        if self._fd >= 0:
+            if self._partial:
+                self._notice(
+                    f"a half-written record ({len(self._partial)} bytes) at the end of "
+                    f"{os.path.basename(self._path)} was left by its writer; skipped"
+                )
+            os.close(self._fd)
+            self._fd = -1
+            self._finished.append(_Finished(self._path, self.last_seq))
+        self._partial = b""
+        self._skipping = False
+
+    def release(self, checkpointed_seq: int) -> None:
+        """Delete finished files whose every record is in a written checkpoint."""
+        keep = []
+        for finished in self._finished:
+            if finished.last_seq <= checkpointed_seq:
+                try:
+                    os.unlink(finished.path)
+                except FileNotFoundError:
+                    pass
+            else:
+                keep.append(finished)
+        self._finished = keep
+
+    def close(self) -> None:
+        """Close the open file, if any (files stay on disk)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

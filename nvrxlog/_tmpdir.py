@@ -1,0 +1,39 @@
+"""Checking that a node-local temp directory is safe to use."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ._exceptions import TmpDirError
+
+__all__ = ["prepare_tmp_dir"]
+
+
+def prepare_tmp_dir(path: str, *, create: bool = True) -> str:
+    """Return the absolute ``path`` after checking it is a usable, safe directory.
+
+    Created with mode 0700 when missing. A world-writable directory without
+    the sticky bit is refused: anyone on the node could replace or delete
+    another user's temp files there.
+    """
+    path = os.path.abspath(path)
+    if create:
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise TmpDirError(f"cannot create node-local tmpdir {path}: {exc.strerror}") from exc
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise TmpDirError(f"node-local tmpdir {path} is not usable: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise TmpDirError(f"node-local tmpdir {path} is not a directory")
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise TmpDirError(
+            f"node-local tmpdir {path} is world-writable without the sticky bit; "
+            "refusing it (chmod +t or use a private directory)"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TmpDirError(f"node-local tmpdir {path} is not writable")
+    return path
