@@ -23,6 +23,9 @@ LOCK_NAME = ".nvrx-aggregator.lock"
 # While an aggregator is alive but behind, keep this much unconsumed backlog
 # before deleting anything: retention is for an absent aggregator, not a busy one.
 BEHIND_BACKLOG_BYTES = 256 << 20
+# At job start the ranks begin logging before local rank 0 has its aggregator
+# up; an aggregator only counts as absent once none was seen for this long.
+ABSENT_GRACE_NS = 30_000_000_000
 
 
 class _ClosedFile(NamedTuple):
@@ -74,22 +77,23 @@ class NodeLocalHandler(SafeHandler):
         self._file_first_seq = 0
         self._torn = False
         self._closed_files: deque[_ClosedFile] = deque()
+        self._aggregator_seen_ns = self.writer.start_ns
         self.lost_records = 0
 
-    def _open_next(self) -> int:
+    def _open_next(self, first_seq: int) -> int:
         self._index += 1
         path = os.path.join(self.tmp_dir, file_name(self.writer, self._index))
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._path = path
         self._size = 0
-        self._file_first_seq = self._seq
+        self._file_first_seq = first_seq
         return self._fd
 
     def _rotate(self) -> None:
         os.close(self._fd)
         self._fd = -1
         self._closed_files.append(_ClosedFile(self._path, self._file_first_seq, self._seq - 1))
-        self._open_next()
+        self._open_next(self._seq)
         self._enforce_retention()
 
     def _enforce_retention(self) -> None:
@@ -100,7 +104,11 @@ class NodeLocalHandler(SafeHandler):
             files.popleft()
         if len(files) < self._max_files:
             return
-        allowed = self._behind_files if aggregator_alive(self.tmp_dir) else self._max_files - 1
+        now = time.time_ns()
+        if aggregator_alive(self.tmp_dir):
+            self._aggregator_seen_ns = now
+        absent = now - self._aggregator_seen_ns > ABSENT_GRACE_NS
+        allowed = self._max_files - 1 if absent else self._behind_files
         if len(files) <= allowed:
             return
         first = files[0].first_seq
@@ -173,7 +181,7 @@ class NodeLocalHandler(SafeHandler):
     def _write(self, data: bytes) -> None:
         fd = self._fd
         if fd < 0:
-            fd = self._open_next()
+            fd = self._open_next(self._seq - 1)  # the record in hand is already numbered
         if self._torn:
             # The previous record was cut short by a failed write: start on a
             # fresh line so the fragment stays a separate, recognisable bad line.

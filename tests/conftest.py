@@ -1,0 +1,88 @@
+"""Shared fixtures: a clean nvrxlog state and environment for every test."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nvrxlog import _setup
+
+HERE = Path(__file__).parent
+WORKER = str(HERE / "_worker.py")
+
+_ENV_PREFIXES = ("NVRX_", "SLURM", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+LINE = re.compile(
+    r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \[(?P<level>\w+)\] \[(?P<node>[^\]]+)\] "
+    r"\[workload:(?P<rank>[^(]+)\((?P<local>[^)]+)\) infra:(?P<infra>[^(]+)\((?P<infra_local>[^)]+)\)\] "
+    r"(?P<file>\S+):(?P<line>\d+) (?P<msg>.*)$"
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_nvrxlog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no nvrxlog configuration, env or root handlers of its own."""
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES):
+            monkeypatch.delenv(name)
+    root_handlers = list(logging.getLogger().handlers)
+    _setup.reset_state()
+    yield
+    _setup.reset_state()
+    logging.getLogger().handlers[:] = root_handlers
+
+
+def child_env(**extra: object) -> dict[str, str]:
+    """The test's environment without nvrxlog/SLURM variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_worker(*args: object, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the test worker to completion, capturing its output."""
+    return subprocess.run(
+        [sys.executable, WORKER, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_worker(*args: object, env: dict[str, str], **kwargs: object) -> subprocess.Popen:
+    """Start the test worker in the background."""
+    return subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, **kwargs)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+    """Poll ``predicate`` until it is truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def parse_text_records(path: Path) -> list[dict]:
+    """Split a text-format output file into records (continuation lines joined)."""
+    records: list[dict] = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        match = LINE.match(raw)
+        if match:
+            records.append(match.groupdict())
+        else:
+            assert records, f"continuation line before any record: {raw!r}"
+            records[-1]["msg"] += "\n" + raw
+    return records
