@@ -27,7 +27,6 @@ from ._tmpdir import prepare_tmp_dir
 
 __all__ = ["NodeAggregator", "node_log_path"]
 
-CHECKPOINT_NAME = ".nvrx-aggregator.ckpt"
 _key = itemgetter(0)
 _INF = float("inf")
 _DEAD_CHECK_NS = 1_000_000_000
@@ -77,6 +76,10 @@ class NodeAggregator:
         self.node_id = sanitize_name(node_id) if node_id else config.node_id  # type: ignore[union-attr]
         self.streamer = streamer
         self.out_path = node_log_path(self.log_dir, self.node_id)
+        # Next to the file it describes, not in the tmpdir: when the tmpdir is
+        # full the checkpoint must still be saved, or no consumed file is ever
+        # deleted and the space never comes back.
+        self.checkpoint_path = os.path.join(self.log_dir, f".nvrx_log_{self.node_id}.ckpt")
         self.started = threading.Event()
         self.stats: Counter[str] = Counter()
         self.errors = ErrorCounter(f"aggregator {self.node_id}")
@@ -99,7 +102,7 @@ class NodeAggregator:
         self._by_tid: dict[int, WriterTail] = {}
         self._next_tid = 0
         self._pending: list[tuple] = []
-        self._notices: list[str] = []
+        self._notices: list[tuple[str, int | None]] = []
         self._notice_seq = 0
         self._names: set[str] = set()
         self._dir_mtime = -1
@@ -203,8 +206,7 @@ class NodeAggregator:
             self._lock_fd = -1
 
     def _recover(self) -> None:
-        ckpt_path = os.path.join(self.tmp_dir, CHECKPOINT_NAME)
-        ckpt, problem = load_checkpoint(ckpt_path)
+        ckpt, problem = load_checkpoint(self.checkpoint_path)
         if problem:
             self._notice(problem)
         self._ckpt = ckpt
@@ -384,7 +386,7 @@ class NodeAggregator:
         ckpt.out_size = os.lseek(self._out_fd, 0, os.SEEK_END)
         ckpt.writers = {key: t.emitted_seq for key, t in self._tails.items() if t.emitted_seq >= 0}
         try:
-            save_checkpoint(os.path.join(self.tmp_dir, CHECKPOINT_NAME), ckpt)
+            save_checkpoint(self.checkpoint_path, ckpt)
         except OSError as exc:
             self.errors.report("checkpoint", f"cannot save checkpoint: {exc.strerror}")
             return  # files are kept until a checkpoint covers them
@@ -397,21 +399,22 @@ class NodeAggregator:
 
     # -- notices: the aggregator's own lines in the output ---------------------------
 
-    def _notice(self, text: str) -> None:
+    def _notice(self, text: str, ts: int | None = None) -> None:
         self.stats["notices"] += 1
-        self._notices.append(text)
+        self._notices.append((text, ts))
 
     def _flush_notices(self, now: int) -> None:
-        for text in self._notices:
+        for text, ts in self._notices:
             self._notice_seq += 1
+            ts = now if ts is None else ts
             self._pending.append(
                 (
-                    now,
+                    ts,
                     -1,
                     self._notice_seq,
                     {
                         "seq": self._notice_seq,
-                        "ts": now,
+                        "ts": ts,
                         "level": "WARNING",
                         "rank": None,
                         "local_rank": None,

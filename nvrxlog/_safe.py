@@ -39,18 +39,19 @@ class SafeHandler(logging.Handler):
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         with self.lock:  # type: ignore[union-attr]
             depth = self._depth
-            if depth:
-                if depth > 1:
-                    self.errors.report("recursion", "a record logged while logging was dropped")
-                    return False
-            elif self.filters:
-                result = self.filter(record)
-                if not result:
-                    return False
-                if isinstance(result, logging.LogRecord):
-                    record = result
+            if depth > 1:
+                self.errors.report("recursion", "a record logged while logging was dropped")
+                return False
             self._depth = depth + 1
             try:
+                # Nested once (a filter, formatter or message logged): keep the
+                # record but skip the filters, which are what logged it.
+                if not depth and self.filters:
+                    result = self.filter(record)
+                    if not result:
+                        return False
+                    if isinstance(result, logging.LogRecord):
+                        record = result
                 self.emit(record)
             finally:
                 self._depth = depth

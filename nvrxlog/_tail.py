@@ -26,7 +26,8 @@ __all__ = ["WriterTail", "writer_is_dead", "MAX_LINE_BYTES"]
 MAX_LINE_BYTES = 16 << 20
 _READ_CHUNK = 1 << 20
 
-Notice = Callable[[str], None]
+#: Reports a problem as a line in the output: ``notice(text, ts=None)``.
+Notice = Callable[..., None]
 
 
 @dataclass(slots=True)
@@ -171,8 +172,10 @@ class WriterTail:
             if seq <= last_seq:
                 continue  # already written before a restart
             if seq != last_seq + 1:
+                # Stamped like the record after the gap, so it reads in place.
                 self._notice(
-                    f"records seq {last_seq + 1}-{seq - 1} ({seq - last_seq - 1}) of {self.writer} are missing"
+                    f"records seq {last_seq + 1}-{seq - 1} ({seq - last_seq - 1}) of {self.writer} are missing",
+                    record["ts"],
                 )
             last_seq = seq
             key = record["ts"]

@@ -1,0 +1,136 @@
+"""Crash and garbage: kill -9 and restart, half-written records, junk in the tmpdir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import child_env, parse_text_records, start_worker, wait_for
+
+from nvrxlog import NodeAggregator
+from nvrxlog._record import WriterId, file_name
+
+
+def _aggregate_cli(tmp: Path, logs: Path, wait_file: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs),
+         "--node-id", "n1", "--wait-file", str(wait_file)],
+        env=child_env(),
+    )
+
+
+@pytest.mark.timeout(180)
+def test_kill_9_of_the_aggregator_under_load_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """The aggregator service is killed with SIGKILL twice mid-run and restarted: every record exactly once."""
+    tmp, logs, stop_file = tmp_path / "tmp", tmp_path / "logs", tmp_path / "stop"
+    out = logs / "nvrx_log_n1.log"
+    ranks, count = 4, 4000
+    aggregator = _aggregate_cli(tmp, logs, stop_file)
+    writers = [
+        start_worker(
+            "--count", count, "--rate", 2000,
+            env=child_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", RANK=r, LOCAL_RANK=r,
+                          NVRX_LOG_MAX_FILE_SIZE_KB=16),
+        )
+        for r in range(ranks)
+    ]
+    for kill in range(2):
+        size = out.stat().st_size if out.exists() else 0
+        wait_for(lambda s=size: out.exists() and out.stat().st_size > s + 20_000, what="aggregator progress")
+        aggregator.send_signal(signal.SIGKILL)
+        aggregator.wait(timeout=10)
+        aggregator = _aggregate_cli(tmp, logs, stop_file)
+    for writer in writers:
+        assert writer.wait(timeout=60) == 0
+    stop_file.touch()
+    assert aggregator.wait(timeout=60) == 0
+
+    records = parse_text_records(out)
+    assert [r for r in records if not r["msg"].startswith("r")] == []
+    by_rank: dict[str, list[int]] = {}
+    for record in records:
+        rank, index = record["msg"].split()[:2]
+        by_rank.setdefault(rank, []).append(int(index[1:]))
+    assert sorted(by_rank) == [f"r{r}" for r in range(ranks)]
+    for rank, indexes in by_rank.items():
+        assert indexes == list(range(count)), f"{rank}: lost or doubled records after kill -9"
+
+
+def _record(seq: int, msg: str) -> bytes:
+    return orjson.dumps(
+        {"seq": seq, "ts": time.time_ns(), "level": "INFO", "rank": 0, "local_rank": 0, "infra_rank": None,
+         "infra_local_rank": None, "pid": os.getpid(), "file": "t.py", "line": 1, "msg": msg}
+    ) + b"\n"
+
+
+def _messages(logs: Path) -> list[str]:
+    return [r["msg"] for r in parse_text_records(logs / "nvrx_log_n1.log")]
+
+
+@pytest.mark.timeout(30)
+def test_half_written_record_is_completed_exactly_once_after_restart(tmp_path: Path) -> None:
+    """A record half written when the aggregator stops is written once, whole, by the next one."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    tmp.mkdir()
+    writer = WriterId(prefix="w", local_rank=0, pid=os.getpid(), start_ns=time.time_ns())  # alive: this process
+    path = tmp / file_name(writer, 0)
+    third = _record(2, "third")
+    path.write_bytes(_record(0, "first") + _record(1, "second") + third[:25])
+    with NodeAggregator(str(tmp), str(logs), "n1"):
+        pass
+    assert _messages(logs) == ["first", "second"]
+    with open(path, "ab") as f:
+        f.write(third[25:] + _record(3, "fourth"))
+    with NodeAggregator(str(tmp), str(logs), "n1"):
+        pass
+    assert _messages(logs) == ["first", "second", "third", "fourth"]
+
+
+@pytest.mark.timeout(30)
+def test_half_record_of_a_dead_writer_is_reported_not_glued(tmp_path: Path) -> None:
+    """A writer that died mid-record: its half record is reported, its files are removed."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    tmp.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    writer = WriterId(prefix="w", local_rank=1, pid=int(dead.stdout), start_ns=time.time_ns() - 10**9)
+    (tmp / file_name(writer, 0)).write_bytes(_record(0, "complete") + _record(1, "cut short")[:30])
+    with NodeAggregator(str(tmp), str(logs), "n1"):
+        pass
+    msgs = _messages(logs)
+    assert msgs[0] == "complete"
+    assert len(msgs) == 2 and "half-written record" in msgs[1]
+    assert list(tmp.glob("nvrx.*")) == []
+
+
+@pytest.mark.timeout(30)
+def test_garbage_in_the_tmpdir_is_skipped_and_reported(tmp_path: Path) -> None:
+    """Junk files, a symlink, a directory and non-UTF-8 bytes are reported; real records still arrive."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    tmp.mkdir()
+    me = WriterId(prefix="w", local_rank=0, pid=os.getpid(), start_ns=time.time_ns())
+    (tmp / file_name(me, 0)).write_bytes(
+        _record(0, "good 0") + b"\xff\xfe not json \x80\n" + b"[1, 2]\n" + _record(1, "good 1")
+    )
+    (tmp / "core.12345").write_bytes(os.urandom(100))
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_bytes(_record(0, "via symlink"))
+    other = WriterId(prefix="s", local_rank=2, pid=os.getpid(), start_ns=time.time_ns())
+    (tmp / file_name(other, 0)).symlink_to(target)
+    (tmp / file_name(WriterId(prefix="d", local_rank=3, pid=1, start_ns=1), 0)).mkdir()
+    with NodeAggregator(str(tmp), str(logs), "n1") as aggregator:
+        pass
+    msgs = _messages(logs)
+    assert [m for m in msgs if m.startswith("good")] == ["good 0", "good 1"]
+    assert "via symlink" not in msgs
+    notices = "\n".join(m for m in msgs if m.startswith("nvrxlog aggregator:"))
+    assert "skipped 2 malformed line(s)" in notices and "\\xff\\xfe" in notices
+    assert "'core.12345' (not a temp file name)" in notices
+    assert "(symlink)" in notices and "(not a regular file)" in notices
+    assert aggregator.stats["skipped_entries"] == 3
+    assert target.exists(), "a symlink's target must never be touched"
