@@ -5,8 +5,6 @@ merges the node's records into one per-node file (and forwards them to a
 central :class:`Streamer`).
 """
 
-from __future__ import annotations
-
 from ._aggregator import NodeAggregator
 from ._config import LogConfig
 from ._exceptions import (

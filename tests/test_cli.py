@@ -1,0 +1,71 @@
+"""The nvrxlog command line: help, one-line errors, the aggregate service, the demo."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import child_env, parse_text_records, run_worker, wait_for
+
+
+def _nvrxlog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nvrxlog", *args], env=child_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["aggregate"], ["demo"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    """--help works for the program and each command."""
+    result = _nvrxlog(*command, "--help")
+    assert result.returncode == 0 and "usage: nvrxlog" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["aggregate"], ["nonsense"], ["aggregate", "--tmp-dir", "/proc/nope/x", "--log-dir", "/tmp"]],
+)
+def test_bad_arguments_exit_nonzero_with_one_line(args: list[str]) -> None:
+    """Bad arguments or paths: non-zero exit, a single line on stderr, no traceback."""
+    result = _nvrxlog(*args)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("nvrxlog: ")
+
+
+@pytest.mark.timeout(60)
+def test_aggregate_service_drains_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
+    """`nvrxlog aggregate` writes what ranks logged and, on SIGTERM, drains and exits 0."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs),
+         "--node-id", "svc", "--json"],
+        env=child_env(),
+    )
+    wait_for(lambda: (tmp / ".nvrx-aggregator.lock").exists(), what="the service to take its lock")
+    result = run_worker("--count", 100, env=child_env(NVRX_NODE_LOCAL_TMPDIR=tmp, RANK=0, LOCAL_RANK=0,
+                                                       NVRX_LOG_AGGREGATOR="external"))
+    assert result.returncode == 0
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    import orjson
+
+    lines = [orjson.loads(x) for x in (logs / "nvrx_log_svc.log").read_bytes().splitlines()]
+    assert [x["msg"] for x in lines] == [f"r0 i{i} " for i in range(100)]
+    assert {"ts", "level", "node", "rank", "local_rank", "infra_rank", "infra_local_rank", "pid", "file",
+            "line", "msg"} <= set(lines[0])
+    assert lines[0]["node"] == "svc"
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_and_says_where_its_outputs_are(tmp_path: Path) -> None:
+    """`nvrxlog demo` exits 0, prints the per-node files, and they hold the ranks' lines."""
+    result = _nvrxlog("demo", "--dir", str(tmp_path), "--steps", "20", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "nvrx_log_node001.log" in result.stdout and "nvrx_log_node002.log" in result.stdout
+    records = parse_text_records(tmp_path / "logs" / "nvrx_log_node001.log")
+    assert {r["rank"] for r in records} == {"0", "1", "2", "3"}
+    assert any(r["level"] == "ERROR" and "Traceback" in r["msg"] for r in parse_text_records(
+        tmp_path / "logs" / "nvrx_log_node001.log"))
