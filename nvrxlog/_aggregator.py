@@ -139,9 +139,7 @@ class NodeAggregator:
         except BaseException:
             self._release_lock()
             raise
-        self._thread = threading.Thread(
-            target=self._run, name=f"nvrxlog-aggregator-{self.node_id}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"nvrxlog-aggregator-{self.node_id}", daemon=True)
         self._thread.start()
         self.started.set()
         return self
@@ -211,9 +209,7 @@ class NodeAggregator:
             self._notice(problem)
         self._ckpt = ckpt
         try:
-            self._out_fd = os.open(
-                self.out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644
-            )
+            self._out_fd = os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
             size = os.fstat(self._out_fd).st_size
             if ckpt.out == self.out_path and size > ckpt.out_size:
                 # Written after the last checkpoint by an aggregator that died:
@@ -242,7 +238,11 @@ class NodeAggregator:
                     wait = min(wait, max(due, 0.0005))
                 self._wake.wait(wait)
                 self._wake.clear()
-            self._cycle(final=self._drain)
+            if self._drain:
+                # A drain takes everything, in bounded steps.
+                self._cycle(final=True)
+                while any(tail.more for tail in self._tails.values()):
+                    self._cycle(final=True)
         except BaseException as exc:
             self._failure = exc
             self.errors.report("fatal", f"stopped after an unexpected error: {describe(exc)}")
@@ -260,6 +260,7 @@ class NodeAggregator:
         self._scan(now, force=final)
         batch: list[tuple] = []
         read = 0
+        cutoff = _INF if final else now - self._window_ns
         for tail in list(self._tails.values()):
             got = tail.poll(batch)
             read += got
@@ -271,14 +272,17 @@ class NodeAggregator:
                 if str(tail.writer) in self._closed_writers or writer_is_dead(tail.writer):
                     tail.dead = True
                     read += tail.poll(batch)
+            if tail.more:
+                # Unread records of this writer may be older than what other
+                # writers gave; nothing past what it has given so far is safe.
+                cutoff = min(cutoff, tail.last_key)
         pending = self._pending
         if batch:
             pending.extend(batch)
             pending.sort()
         if self._notices:
             self._flush_notices(now)
-        cutoff = _INF if final else now - self._window_ns
-        ready_n = len(pending) if final else bisect.bisect_right(pending, cutoff, key=_key)
+        ready_n = len(pending) if cutoff == _INF else bisect.bisect_right(pending, cutoff, key=_key)
         if ready_n:
             ready = pending[:ready_n]
             del pending[:ready_n]
@@ -341,9 +345,8 @@ class NodeAggregator:
         self._names = seen
         if skipped:
             self.stats["skipped_entries"] += len(skipped)
-            self._notice(
-                f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} in the tmpdir: {', '.join(skipped[:10])}"
-            )
+            noun = "entry" if len(skipped) == 1 else "entries"
+            self._notice(f"skipped {len(skipped)} {noun} in the tmpdir: {', '.join(skipped[:10])}")
 
     def _write(self, ready: list[tuple]) -> None:
         node = self.node_id

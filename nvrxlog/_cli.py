@@ -45,8 +45,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run a small simulated job on this machine",
-        description="Simulated nodes with several ranks each, an aggregator per node; "
-        "prints where the outputs are.",
+        description="Simulated nodes with several ranks each, an aggregator per node; prints where the outputs are.",
     )
     demo.add_argument("--dir", help="work directory (default: a new temp directory)")
     demo.add_argument("--nodes", type=int, default=2)

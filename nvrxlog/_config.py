@@ -83,9 +83,7 @@ class LogConfig:
 
         aggregator = (env.get("NVRX_LOG_AGGREGATOR") or "thread").strip().lower()
         if aggregator not in ("thread", "external"):
-            problems.append(
-                f"NVRX_LOG_AGGREGATOR={aggregator!r} is not 'thread' or 'external'; using 'thread'"
-            )
+            problems.append(f"NVRX_LOG_AGGREGATOR={aggregator!r} is not 'thread' or 'external'; using 'thread'")
             aggregator = "thread"
 
         node = env.get("NVRX_NODE_ID") or env.get("SLURMD_NODENAME") or socket.gethostname()

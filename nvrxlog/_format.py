@@ -24,35 +24,56 @@ class LineFormat:
     per distinct set of ranks, which keeps formatting cheap at 300k records/s.
     """
 
-    __slots__ = ("json", "_second", "_stamp", "_labels")
+    __slots__ = ("json", "_second", "_stamp", "_milli", "_milli_stamp", "_labels")
 
     def __init__(self, *, json: bool = False) -> None:
         self.json = json
         self._second = -1
         self._stamp = ""
+        self._milli = -1
+        self._milli_stamp = ""
         self._labels: dict[tuple, str] = {}
 
     def line(self, record: dict, node: str) -> str:
         """One output line (two or more for a multi-line message), with its newline."""
         if self.json:
             return orjson.dumps({"node": node, **record}).decode() + "\n"
-        ts = record["ts"]
-        second = ts // 1_000_000_000
+        try:
+            milli = record["ts"] // 1_000_000
+            if milli != self._milli:
+                self._stamp_for(milli)
+            ranks = (record["rank"], record["local_rank"], record["infra_rank"], record["infra_local_rank"])
+            label = self._labels.get(ranks) or self._label(ranks)
+            return (
+                f"{self._milli_stamp} [{record['level']}] [{node}] {label} "
+                f"{record['file']}:{record['line']} {record['msg']}\n"
+            )
+        except (KeyError, TypeError):
+            # Valid JSON from a foreign or damaged file may lack fields or hold
+            # odd types; it is still shown, with '?' for what is missing.
+            return self._lenient_line(record, node)
+
+    def _stamp_for(self, milli: int) -> None:
+        second = milli // 1000
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        ranks = (
-            record.get("rank"),
-            record.get("local_rank"),
-            record.get("infra_rank"),
-            record.get("infra_local_rank"),
-        )
-        label = self._labels.get(ranks)
-        if label is None:
-            label = self._labels[ranks] = rank_label(*ranks)
+        self._milli = milli
+        self._milli_stamp = f"{self._stamp},{milli % 1000:03d}"
+
+    def _label(self, ranks: tuple) -> str:
+        label = rank_label(*ranks)
+        if len(self._labels) < 65536:  # bounded: one entry per distinct rank set
+            self._labels[ranks] = label
+        return label
+
+    def _lenient_line(self, record: dict, node: str) -> str:
+        ts = record.get("ts")
+        self._stamp_for(ts // 1_000_000 if type(ts) is int else 0)
+        ranks = [record.get(k) for k in ("rank", "local_rank", "infra_rank", "infra_local_rank")]
         return (
-            f"{self._stamp},{ts // 1_000_000 % 1000:03d} [{record.get('level', '?')}] [{node}] "
-            f"{label} {record.get('file', '?')}:{record.get('line', '?')} {record['msg']}\n"
+            f"{self._milli_stamp} [{record.get('level', '?')}] [{node}] {rank_label(*ranks)} "
+            f"{record.get('file', '?')}:{record.get('line', '?')} {record.get('msg', '')}\n"
         )
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 import orjson
@@ -20,6 +21,7 @@ from ._safe import SafeHandler
 __all__ = ["NodeLocalHandler", "LOCK_NAME", "aggregator_alive"]
 
 LOCK_NAME = ".nvrx-aggregator.lock"
+_QUOTE_CACHE = 1024
 # While an aggregator is alive but behind, keep this much unconsumed backlog
 # before deleting anything: retention is for an absent aggregator, not a busy one.
 BEHIND_BACKLOG_BYTES = 256 << 20
@@ -71,13 +73,27 @@ class NodeLocalHandler(SafeHandler):
             start_ns=time.time_ns(),
         )
         self._fd = -1
+        self._fast_fd = -1  # == _fd while the next record may take the fast path
         self._index = -1
-        self._size = 0
+        self._room = 0
         self._seq = 0
         self._file_first_seq = 0
         self._torn = False
         self._closed_files: deque[_ClosedFile] = deque()
         self._aggregator_seen_ns = self.writer.start_ns
+        self._quoted: dict[str, bytes] = {}
+        rank, local_rank, infra_rank, infra_local_rank = self._ranks
+        constant = orjson.dumps(
+            {
+                "rank": rank,
+                "local_rank": local_rank,
+                "infra_rank": infra_rank,
+                "infra_local_rank": infra_local_rank,
+                "pid": pid,
+            }
+        )[1:-1]
+        # One record: {"seq","ts","level","file","line", <constant>, "msg"}\n
+        self._template = b'{"seq":%d,"ts":%d,"level":%b,"file":%b,"line":%d,' + constant + b',"msg":%b}\n'
         self.lost_records = 0
 
     def _open_next(self, first_seq: int) -> int:
@@ -85,13 +101,14 @@ class NodeLocalHandler(SafeHandler):
         path = os.path.join(self.tmp_dir, file_name(self.writer, self._index))
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._path = path
-        self._size = 0
+        self._room = self._max_bytes
+        self._fast_fd = self._fd
         self._file_first_seq = first_seq
         return self._fd
 
     def _rotate(self) -> None:
         os.close(self._fd)
-        self._fd = -1
+        self._fd = self._fast_fd = -1
         self._closed_files.append(_ClosedFile(self._path, self._file_first_seq, self._seq - 1))
         self._open_next(self._seq)
         self._enforce_retention()
@@ -131,11 +148,31 @@ class NodeLocalHandler(SafeHandler):
                 f"is absent or far behind (NVRX_LOG_MAX_LOG_FILES={self._max_files})"
             )
             self.errors.report("retention", text)
-            self._write(self._encode("WARNING", "nvrxlog", 0, text, time.time_ns()))
+            notice = logging.makeLogRecord(
+                {
+                    "name": "nvrx",
+                    "levelno": logging.WARNING,
+                    "levelname": "WARNING",
+                    "msg": text,
+                    "filename": "nvrxlog",
+                    "lineno": 0,
+                }
+            )
+            self.emit(notice)  # into the file just opened; far below a rotation
 
     # -- logging.Handler -----------------------------------------------------------
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def emit(
+        self,
+        record: logging.LogRecord,
+        _dumps: Callable[[object], bytes] = orjson.dumps,
+        _write: Callable[[int, bytes], int] = os.write,
+    ) -> None:
+        # The hot path of every training step: one frame, one encode of the
+        # message, one write(2). The writer's constant fields are encoded once
+        # (in _template) and level and file names once each (in _quoted).
+        # Anything unusual (first file, rotation, a short write, surrogates,
+        # exceptions) leaves this path for a helper.
         try:
             try:
                 msg = record.getMessage()
@@ -145,40 +182,51 @@ class NodeLocalHandler(SafeHandler):
                 msg = unformattable(record, exc, self.errors)
             if record.exc_info or record.exc_text or record.stack_info or len(msg) > MAX_MESSAGE_CHARS:
                 msg = full_message(record, msg, self.errors)
-            self._write(
-                self._encode(record.levelname, record.filename, record.lineno, msg, int(record.created * 1e9))
-            )
+            seq = self._seq
+            self._seq = seq + 1
+            level = record.levelname
+            file = record.filename
+            quoted = self._quoted
+            try:
+                data = self._template % (
+                    seq,
+                    int(record.created * 1e9),
+                    quoted[level] if level in quoted else self._quote(level),
+                    quoted[file] if file in quoted else self._quote(file),
+                    record.lineno,
+                    _dumps(msg),
+                )
+            except TypeError:
+                data = self._template % (
+                    seq,
+                    int(record.created * 1e9),
+                    self._quote(level),
+                    self._quote(file),
+                    record.lineno,
+                    _dumps(_escape_surrogates(msg)),
+                )
+            fd = self._fast_fd
+            if fd < 0:
+                self._write_slow(data)
+                return
+            written = _write(fd, data)
+            if written != len(data):
+                written += self._finish_short_write(data, written)
+            self._room -= written
+            if self._room <= 0:
+                self._rotate()
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
-    def _encode(self, level: str, file: str, line: int, msg: str, ts: int) -> bytes:
-        rank, local_rank, infra_rank, infra_local_rank = self._ranks
-        seq = self._seq
-        self._seq = seq + 1
-        record = {
-            "seq": seq,
-            "ts": ts,
-            "level": level,
-            "rank": rank,
-            "local_rank": local_rank,
-            "infra_rank": infra_rank,
-            "infra_local_rank": infra_local_rank,
-            "pid": self._pid,
-            "file": file,
-            "line": line,
-            "msg": msg,
-        }
-        try:
-            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError:
-            # Lone surrogates (e.g. from undecodable file names) are not UTF-8.
-            record["msg"] = msg.encode("utf-8", "backslashreplace").decode("utf-8")
-            record["file"] = str(file).encode("utf-8", "backslashreplace").decode("utf-8")
-            return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    def _quote(self, text: str) -> bytes:
+        quoted = orjson.dumps(_escape_surrogates(text))
+        if len(self._quoted) < _QUOTE_CACHE:  # bounded: names come from source files
+            self._quoted[text] = quoted
+        return quoted
 
-    def _write(self, data: bytes) -> None:
+    def _write_slow(self, data: bytes) -> None:
         fd = self._fd
         if fd < 0:
             fd = self._open_next(self._seq - 1)  # the record in hand is already numbered
@@ -187,13 +235,25 @@ class NodeLocalHandler(SafeHandler):
             # fresh line so the fragment stays a separate, recognisable bad line.
             data = b"\n" + data
         written = os.write(fd, data)
-        while written < len(data):
-            self._torn = True
-            written += os.write(fd, data[written:])
+        if written != len(data):
+            written += self._finish_short_write(data, written)
         self._torn = False
-        self._size += written
-        if self._size >= self._max_bytes:
+        self._fast_fd = fd
+        self._room -= written
+        if self._room <= 0:
             self._rotate()
+
+    def _finish_short_write(self, data: bytes, written: int) -> int:
+        # Set before retrying: if the retry raises, the next record must know
+        # (and takes the slow path, which starts it on a fresh line).
+        self._torn = True
+        self._fast_fd = -1
+        more = 0
+        while written + more < len(data):
+            more += os.write(self._fd, data[written + more :])
+        self._torn = False
+        self._fast_fd = self._fd
+        return more
 
     def close(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -202,7 +262,7 @@ class NodeLocalHandler(SafeHandler):
                     os.close(self._fd)
                 except OSError:
                     pass
-                self._fd = -1
+                self._fd = self._fast_fd = -1
         super().close()
 
     def after_fork_in_child(self) -> None:
@@ -233,3 +293,8 @@ def aggregator_alive(tmp_dir: str) -> bool:
     finally:
         os.close(fd)  # also releases our shared lock at once
     return False
+
+
+def _escape_surrogates(text: str) -> str:
+    # Lone surrogates (e.g. from undecodable file names) are not UTF-8.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

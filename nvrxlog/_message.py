@@ -39,9 +39,7 @@ def unformattable(record: logging.LogRecord, exc: Exception, errors: ErrorCounte
     """A visible stand-in for a message whose formatting raised."""
     why = f"{type(exc).__name__}: {describe(exc)}"
     errors.report("format", f"a message could not be formatted ({why})")
-    return (
-        f"[nvrxlog: message could not be formatted: {why}] msg={_repr(record.msg)} args={_repr(record.args)}"
-    )
+    return f"[nvrxlog: message could not be formatted: {why}] msg={_repr(record.msg)} args={_repr(record.args)}"
 
 
 def full_message(record: logging.LogRecord, msg: str, errors: ErrorCounter) -> str:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 import psutil
 
 from ._record import WriterId, decode_lines, file_name
@@ -63,6 +64,7 @@ class WriterTail:
         self.emitted_seq = last_seq  # highest seq written to the output
         self.last_key = 0  # per-writer monotonic merge key
         self.dead = False
+        self.more = False  # the last poll stopped at its budget with data left
         self.checked_at = 0  # when the aggregator last asked whether the writer lives
         self._index = -1
         self._fd = -1
@@ -81,13 +83,22 @@ class WriterTail:
         if index > self._index and index not in self.files:
             self.files[index] = name
 
-    def poll(self, out: list) -> int:
-        """Append ``(key, tid, seq, record)`` per new complete record; return bytes read."""
+    def poll(self, out: list, budget: int = 1 << 20) -> int:
+        """Append ``(key, tid, seq, record)`` per new complete record; return bytes read.
+
+        Reads at most about ``budget`` bytes, so a large backlog is taken in
+        bounded steps; ``more`` tells whether unread data is left.
+        """
         total = 0
+        self.more = False
         while True:
             if self._fd < 0 and not self._open_next():
                 return total
-            total += self._read_available(out)
+            got, at_end = self._read_available(out, budget - total)
+            total += got
+            if not at_end:
+                self.more = True
+                return total
             # A later file means this one is final; a dead writer writes no more.
             if self.files or self.dead:
                 self._finish_current()
@@ -134,22 +145,25 @@ class WriterTail:
     def _path_of(self, index: int) -> str:
         return os.path.join(self.tmp_dir, file_name(self.writer, index))
 
-    def _read_available(self, out: list) -> int:
+    def _read_available(self, out: list, budget: int) -> tuple[int, bool]:
+        """Read up to ``budget`` bytes; return ``(bytes read, reached the end)``."""
         fd = self._fd
         if fd < 0:
-            return 0
+            return 0, True
         chunks = [self._partial] if self._partial else []
         total = 0
-        while True:
-            chunk = os.read(fd, _READ_CHUNK)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        at_end = False
+        while total < budget:
+            want = min(_READ_CHUNK, budget - total)
+            chunk = os.read(fd, want)
             total += len(chunk)
-            if len(chunk) < _READ_CHUNK:
+            if chunk:
+                chunks.append(chunk)
+            if len(chunk) < want:
+                at_end = True
                 break
         if not total:
-            return 0
+            return 0, at_end
         data = b"".join(chunks)
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
@@ -157,7 +171,7 @@ class WriterTail:
             nl = data.find(b"\n")
             if nl < 0:
                 self._partial = b""
-                return total
+                return total, at_end
             self._skipping = False
             data = data[nl + 1 : cut]
         else:
@@ -170,32 +184,35 @@ class WriterTail:
             self._skipping = True
         if data:
             self._take(data.split(b"\n")[:-1], out)
-        return total
+        return total, at_end
 
     def _take(self, lines: list[bytes], out: list) -> None:
         lines = [line for line in lines if line] if b"" in lines else lines
-        records, bad = decode_lines(lines)
-        if bad:
-            sample = bad[0][:120]
-            self._notice(
-                f"skipped {len(bad)} malformed line(s) in {os.path.basename(self._path)} (first: {sample!r})"
-            )
+        values, bad = decode_lines(lines)
+        samples = [line[:120] for line in bad]
         last_seq = self.last_seq
         last_key = self.last_key
         append = out.append
         tid = self.tid
-        for record in records:
-            seq = record["seq"]
+        for record in values:
+            try:
+                seq = record["seq"]
+                key = record["ts"]
+                # Valid JSON is not enough: the merge orders and de-duplicates by these two ints.
+                if type(seq) is not int or type(key) is not int:
+                    raise TypeError
+            except (KeyError, TypeError, IndexError):
+                samples.append(orjson.dumps(record)[:120])
+                continue
             if seq <= last_seq:
                 continue  # already written before a restart
             if seq != last_seq + 1:
                 # Stamped like the record after the gap, so it reads in place.
                 self._notice(
                     f"records seq {last_seq + 1}-{seq - 1} ({seq - last_seq - 1}) of {self.writer} are missing",
-                    record["ts"],
+                    key,
                 )
             last_seq = seq
-            key = record["ts"]
             if key < last_key:
                 key = last_key  # a clock step back must not reorder one writer's records
             else:
@@ -203,6 +220,10 @@ class WriterTail:
             append((key, tid, seq, record))
         self.last_seq = last_seq
         self.last_key = last_key
+        if samples:
+            self._notice(
+                f"skipped {len(samples)} malformed line(s) in {os.path.basename(self._path)} (first: {samples[0]!r})"
+            )
 
     def _finish_current(self) -> None:
         if self._fd >= 0:

@@ -40,13 +40,25 @@ def test_aggregate_service_drains_and_exits_zero_on_sigterm(tmp_path: Path) -> N
     """`nvrxlog aggregate` writes what ranks logged and, on SIGTERM, drains and exits 0."""
     tmp, logs = tmp_path / "tmp", tmp_path / "logs"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs),
-         "--node-id", "svc", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "nvrxlog",
+            "aggregate",
+            "--tmp-dir",
+            str(tmp),
+            "--log-dir",
+            str(logs),
+            "--node-id",
+            "svc",
+            "--json",
+        ],
         env=child_env(),
     )
     wait_for(lambda: (tmp / ".nvrx-aggregator.lock").exists(), what="the service to take its lock")
-    result = run_worker("--count", 100, env=child_env(NVRX_NODE_LOCAL_TMPDIR=tmp, RANK=0, LOCAL_RANK=0,
-                                                       NVRX_LOG_AGGREGATOR="external"))
+    result = run_worker(
+        "--count", 100, env=child_env(NVRX_NODE_LOCAL_TMPDIR=tmp, RANK=0, LOCAL_RANK=0, NVRX_LOG_AGGREGATOR="external")
+    )
     assert result.returncode == 0
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -54,8 +66,19 @@ def test_aggregate_service_drains_and_exits_zero_on_sigterm(tmp_path: Path) -> N
 
     lines = [orjson.loads(x) for x in (logs / "nvrx_log_svc.log").read_bytes().splitlines()]
     assert [x["msg"] for x in lines] == [f"r0 i{i} " for i in range(100)]
-    assert {"ts", "level", "node", "rank", "local_rank", "infra_rank", "infra_local_rank", "pid", "file",
-            "line", "msg"} <= set(lines[0])
+    assert {
+        "ts",
+        "level",
+        "node",
+        "rank",
+        "local_rank",
+        "infra_rank",
+        "infra_local_rank",
+        "pid",
+        "file",
+        "line",
+        "msg",
+    } <= set(lines[0])
     assert lines[0]["node"] == "svc"
 
 
@@ -67,5 +90,7 @@ def test_demo_runs_and_says_where_its_outputs_are(tmp_path: Path) -> None:
     assert "nvrx_log_node001.log" in result.stdout and "nvrx_log_node002.log" in result.stdout
     records = parse_text_records(tmp_path / "logs" / "nvrx_log_node001.log")
     assert {r["rank"] for r in records} == {"0", "1", "2", "3"}
-    assert any(r["level"] == "ERROR" and "Traceback" in r["msg"] for r in parse_text_records(
-        tmp_path / "logs" / "nvrx_log_node001.log"))
+    assert any(
+        r["level"] == "ERROR" and "Traceback" in r["msg"]
+        for r in parse_text_records(tmp_path / "logs" / "nvrx_log_node001.log")
+    )

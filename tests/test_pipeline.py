@@ -34,9 +34,7 @@ def test_eight_ranks_fast_rotation_deliver_every_record_once_in_order(tmp_path: 
         env = _node_env(tmp_path, rank, NVRX_LOG_MAX_FILE_SIZE_KB=10, NVRX_LOG_MAX_LOG_FILES=4)
         # Rank 0 hosts the aggregator thread, so it stays until all have logged.
         wait = ranks if rank == 0 else 0
-        procs.append(
-            start_worker("--count", count, "--pad", 60, "--done-dir", done, "--wait-ranks", wait, env=env)
-        )
+        procs.append(start_worker("--count", count, "--pad", 60, "--done-dir", done, "--wait-ranks", wait, env=env))
     for proc in procs:
         assert proc.wait(timeout=240) == 0
 
@@ -67,8 +65,9 @@ def test_consumed_files_of_exited_writers_are_deleted(tmp_path: Path) -> None:
     with NodeAggregator(str(tmp), str(tmp_path / "logs"), "node001"):
         procs = [
             start_worker(
-                "--count", 2000, env=_node_env(tmp_path, rank, NVRX_LOG_AGGREGATOR="external",
-                                                NVRX_LOG_MAX_FILE_SIZE_KB=10)
+                "--count",
+                2000,
+                env=_node_env(tmp_path, rank, NVRX_LOG_AGGREGATOR="external", NVRX_LOG_MAX_FILE_SIZE_KB=10),
             )
             for rank in range(4)
         ]
@@ -86,7 +85,13 @@ def test_traceback_comes_out_as_one_unbroken_block(tmp_path: Path) -> None:
     done.mkdir()
     procs = [
         start_worker(
-            "--count", 200, "--traceback", "--done-dir", done, "--wait-ranks", 4 if rank == 0 else 0,
+            "--count",
+            200,
+            "--traceback",
+            "--done-dir",
+            done,
+            "--wait-ranks",
+            4 if rank == 0 else 0,
             env=_node_env(tmp_path, rank),
         )
         for rank in range(4)

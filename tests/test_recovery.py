@@ -19,8 +19,20 @@ from nvrxlog._record import WriterId, file_name
 
 def _aggregate_cli(tmp: Path, logs: Path, wait_file: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs),
-         "--node-id", "n1", "--wait-file", str(wait_file)],
+        [
+            sys.executable,
+            "-m",
+            "nvrxlog",
+            "aggregate",
+            "--tmp-dir",
+            str(tmp),
+            "--log-dir",
+            str(logs),
+            "--node-id",
+            "n1",
+            "--wait-file",
+            str(wait_file),
+        ],
         env=child_env(),
     )
 
@@ -34,13 +46,21 @@ def test_kill_9_of_the_aggregator_under_load_loses_and_doubles_nothing(tmp_path:
     aggregator = _aggregate_cli(tmp, logs, stop_file)
     writers = [
         start_worker(
-            "--count", count, "--rate", 2000,
-            env=child_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", RANK=r, LOCAL_RANK=r,
-                          NVRX_LOG_MAX_FILE_SIZE_KB=16),
+            "--count",
+            count,
+            "--rate",
+            2000,
+            env=child_env(
+                NVRX_NODE_LOCAL_TMPDIR=tmp,
+                NVRX_LOG_AGGREGATOR="external",
+                RANK=r,
+                LOCAL_RANK=r,
+                NVRX_LOG_MAX_FILE_SIZE_KB=16,
+            ),
         )
         for r in range(ranks)
     ]
-    for kill in range(2):
+    for _kill in range(2):
         size = out.stat().st_size if out.exists() else 0
         wait_for(lambda s=size: out.exists() and out.stat().st_size > s + 20_000, what="aggregator progress")
         aggregator.send_signal(signal.SIGKILL)
@@ -63,10 +83,24 @@ def test_kill_9_of_the_aggregator_under_load_loses_and_doubles_nothing(tmp_path:
 
 
 def _record(seq: int, msg: str) -> bytes:
-    return orjson.dumps(
-        {"seq": seq, "ts": time.time_ns(), "level": "INFO", "rank": 0, "local_rank": 0, "infra_rank": None,
-         "infra_local_rank": None, "pid": os.getpid(), "file": "t.py", "line": 1, "msg": msg}
-    ) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "seq": seq,
+                "ts": time.time_ns(),
+                "level": "INFO",
+                "rank": 0,
+                "local_rank": 0,
+                "infra_rank": None,
+                "infra_local_rank": None,
+                "pid": os.getpid(),
+                "file": "t.py",
+                "line": 1,
+                "msg": msg,
+            }
+        )
+        + b"\n"
+    )
 
 
 def _messages(logs: Path) -> list[str]:

@@ -40,8 +40,12 @@ def _run(code: str, **env: object) -> subprocess.CompletedProcess:
 
 def test_regular_mode_writes_rank_aware_lines_to_stderr() -> None:
     """No tmpdir: lines in the documented format go to stderr, stdout stays empty."""
-    result = _run("from nvrxlog import setup_logger; setup_logger().info('hello %s', 'world')",
-                  RANK=3, LOCAL_RANK=1, NVRX_NODE_ID="n9")
+    result = _run(
+        "from nvrxlog import setup_logger; setup_logger().info('hello %s', 'world')",
+        RANK=3,
+        LOCAL_RANK=1,
+        NVRX_NODE_ID="n9",
+    )
     assert result.stdout == ""
     match = LINE.match(result.stderr.strip())
     assert match and match["msg"] == "hello world" and match["node"] == "n9"
@@ -73,8 +77,8 @@ def test_log_file_mode_prefixes_every_line_with_the_rank(tmp_path: Path) -> None
     """log_file: ranks append to one shared file, each line labelled srun -l style."""
     shared = tmp_path / "all.log"
     code = (
-        "from nvrxlog import setup_logger\nlog = setup_logger(log_file=%r)\n"
-        "log.info('one')\ntry:\n    1/0\nexcept ZeroDivisionError:\n    log.exception('two')\n" % str(shared)
+        f"from nvrxlog import setup_logger\nlog = setup_logger(log_file={str(shared)!r})\n"
+        "log.info('one')\ntry:\n    1/0\nexcept ZeroDivisionError:\n    log.exception('two')\n"
     )
     for rank in (0, 1):
         assert _run(code, RANK=rank).returncode == 0
@@ -104,9 +108,11 @@ def test_local_rank_zero_starts_the_aggregator_thread_others_do_not(
 
 def test_second_aggregator_on_the_same_tmpdir_is_refused(tmp_path: Path) -> None:
     """One tmpdir, one aggregator: a second start raises AggregatorBusyError."""
-    with NodeAggregator(str(tmp_path / "tmp"), str(tmp_path / "logs"), "n1"):
-        with pytest.raises(nvrxlog.AggregatorBusyError):
-            NodeAggregator(str(tmp_path / "tmp"), str(tmp_path / "logs"), "n1").start()
+    with (
+        NodeAggregator(str(tmp_path / "tmp"), str(tmp_path / "logs"), "n1"),
+        pytest.raises(nvrxlog.AggregatorBusyError),
+    ):
+        NodeAggregator(str(tmp_path / "tmp"), str(tmp_path / "logs"), "n1").start()
 
 
 def test_lifecycle_start_twice_raises_stop_twice_is_safe(tmp_path: Path) -> None:
