@@ -13,6 +13,7 @@ import pytest
 from conftest import child_env, parse_text_records
 
 from nvrxlog import NodeAggregator, TmpDirError, setup_logger
+from nvrxlog._handler import NodeLocalHandler
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_filter_that_logs_does_not_recurse(node_local: Path, tmp_path: Path) -> 
             log.info("filter saw %s", record.getMessage())
             return True
 
-    log.handlers[0].addFilter(Chatty())
+    next(h for h in log.handlers if isinstance(h, NodeLocalHandler)).addFilter(Chatty())
     for i in range(50):
         log.info("outer %d", i)
     msgs = [r["msg"] for r in _aggregate(node_local, tmp_path / "logs")]
@@ -124,7 +125,7 @@ def test_oversized_message_is_truncated_with_marker_and_later_records_arrive(
     log.info("before")
     log.info("x" * 10_000_000)
     log.info("after")
-    handler = log.handlers[0]
+    handler = next(h for h in log.handlers if isinstance(h, NodeLocalHandler))
     msgs = [r["msg"] for r in _aggregate(node_local, tmp_path / "logs")]
     assert msgs[0] == "before" and msgs[2] == "after"
     assert msgs[1].endswith(f"... [nvrxlog: truncated {10_000_000 - (1 << 20)} characters]")
@@ -144,7 +145,7 @@ def test_full_tmpdir_drops_are_reported_once_and_logging_resumes(
         log.info("fill %d %s", i, "y" * 80)
     err = capfd.readouterr().err
     assert sum("ENOSPC" in line for line in err.splitlines()) == 1, err
-    handler = log.handlers[0]
+    handler = next(h for h in log.handlers if isinstance(h, NodeLocalHandler))
     dropped = handler.errors.counts["OSError:ENOSPC"]
     assert dropped > 100
     records = _aggregate(small_fs, tmp_path / "logs")  # consumes and frees the files
