@@ -16,6 +16,7 @@ from ._exceptions import (
     TransportError,
 )
 from ._setup import setup_logger
+from ._streamer import Streamer
 
 __all__ = [
     "AggregatorBusyError",
@@ -24,6 +25,7 @@ __all__ = [
     "LogConfig",
     "NodeAggregator",
     "NvrxLogError",
+    "Streamer",
     "TmpDirError",
     "TransportError",
     "setup_logger",

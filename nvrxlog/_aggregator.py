@@ -9,8 +9,7 @@ import os
 import threading
 import time
 import weakref
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
 from operator import itemgetter
 from types import TracebackType
 
@@ -24,6 +23,7 @@ from ._record import WriterId, parse_file_name
 from ._report import ErrorCounter
 from ._tail import WriterTail, writer_is_dead
 from ._tmpdir import prepare_tmp_dir
+from ._transport import CurveKeys, Forwarder
 
 __all__ = ["NodeAggregator", "node_log_path"]
 
@@ -37,9 +37,6 @@ _RECENT_DIR_CHANGE_NS = 50_000_000
 _LOCK_WAIT_S = 1.0
 
 _live: weakref.WeakSet[NodeAggregator] = weakref.WeakSet()
-
-#: Receives each batch of records as it is written: ``(records, node)``.
-Sink = Callable[[list[dict], str], None]
 
 
 def node_log_path(log_dir: str, node_id: str) -> str:
@@ -67,6 +64,10 @@ class NodeAggregator:
         idle_interval: float = 0.05,
         busy_interval: float = 0.005,
         checkpoint_interval: float = 0.1,
+        spool_max_bytes: int = 1 << 30,
+        warn_after: float = 30.0,
+        drain_timeout: float = 10.0,
+        curve: CurveKeys | None = None,
     ) -> None:
         if merge_window < 0 or idle_interval <= 0 or busy_interval < 0 or checkpoint_interval < 0:
             raise NvrxLogError("intervals and the merge window must not be negative")
@@ -88,7 +89,10 @@ class NodeAggregator:
         self._idle_s = idle_interval
         self._busy_s = busy_interval
         self._ckpt_ns = int(checkpoint_interval * 1e9)
-        self._sinks: list[Sink] = []
+        self._forwarder: Forwarder | None = None
+        self._forward_options = {"spool_max_bytes": spool_max_bytes, "warn_after": warn_after, "curve": curve}
+        self._drain_timeout = drain_timeout
+        self._notice_key = f"aggregator.{time.time_ns()}"
         self._closed_writers: set[str] = set()
         self._wake = threading.Event()
         self._stopping = False
@@ -102,7 +106,7 @@ class NodeAggregator:
         self._by_tid: dict[int, WriterTail] = {}
         self._next_tid = 0
         self._pending: list[tuple] = []
-        self._notices: list[tuple[str, int | None]] = []
+        self._notices: deque[tuple[str, int | None]] = deque()  # the forwarder's thread adds too
         self._notice_seq = 0
         self._names: set[str] = set()
         self._dir_mtime = -1
@@ -113,12 +117,6 @@ class NodeAggregator:
         _live.add(self)
 
     # -- lifecycle -------------------------------------------------------------------
-
-    def add_sink(self, sink: Sink) -> None:
-        """Also hand every written batch to ``sink`` (called on the aggregator thread)."""
-        if self._thread is not None:
-            raise LifecycleError("add sinks before start()")
-        self._sinks.append(sink)
 
     def start(self) -> NodeAggregator:
         """Take the tmpdir's lock, recover from the checkpoint and start the thread.
@@ -136,6 +134,11 @@ class NodeAggregator:
         self._take_lock()
         try:
             self._recover()
+            if self.streamer:
+                spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
+                self._forwarder = Forwarder(
+                    self.streamer, self.node_id, spool, notice=self._notice, **self._forward_options
+                ).start()
         except BaseException:
             self._release_lock()
             raise
@@ -160,6 +163,17 @@ class NodeAggregator:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            # Everything written is spooled; wait a bounded time for the streamer.
+            undelivered = forwarder.stop(self._drain_timeout if drain else 0.0)
+            self.stats["undelivered"] = undelivered
+            if undelivered:
+                self.errors.report(
+                    "undelivered",
+                    f"{undelivered} records were not acknowledged by the streamer {self.streamer}; "
+                    f"they stay spooled in {forwarder.spool.directory} for the next run",
+                )
         return not self._thread.is_alive()
 
     def __enter__(self) -> NodeAggregator:
@@ -378,10 +392,16 @@ class NodeAggregator:
                 tail.emitted_seq = seq
         self.stats["records"] += len(ready)
         self.stats["bytes"] += len(data)
-        if self._sinks:
-            records = [item[3] for item in ready]
-            for sink in self._sinks:
-                sink(records, node)
+        if self._forwarder is not None:
+            # Spooled before the checkpoint that covers these records, so a
+            # kill -9 in between re-sends (deduplicated) rather than loses.
+            by_tid = self._by_tid
+            records = []
+            for _, tid, _, record in ready:
+                tail = by_tid.get(tid)
+                record["w"] = tail.key if tail is not None else self._notice_key
+                records.append(record)
+            self._forwarder.submit(records)
 
     def _checkpoint(self, now: int) -> None:
         ckpt = self._ckpt
@@ -407,7 +427,8 @@ class NodeAggregator:
         self._notices.append((text, ts))
 
     def _flush_notices(self, now: int) -> None:
-        for text, ts in self._notices:
+        while self._notices:
+            text, ts = self._notices.popleft()
             self._notice_seq += 1
             ts = now if ts is None else ts
             self._pending.append(
@@ -430,7 +451,6 @@ class NodeAggregator:
                     },
                 )
             )
-        self._notices.clear()
         self._pending.sort()
 
     def _after_fork_in_child(self) -> None:

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from ._exceptions import NvrxLogError
+from ._exceptions import ConfigError, NvrxLogError
 
 __all__ = ["main"]
 
@@ -41,6 +41,39 @@ def _build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--wait-file", help="drain and exit once this file exists")
     agg.add_argument("--json", action="store_true", help="write JSON lines instead of text")
     agg.set_defaults(func=_aggregate)
+
+    stream = sub.add_parser(
+        "stream",
+        help="run the central streamer",
+        description="Receive every node's records, write the cluster-wide file and serve live views. "
+        "Runs until SIGTERM/SIGINT, then flushes and exits 0.",
+    )
+    stream.add_argument("--bind", required=True, help="tcp://HOST:PORT to listen on (port 0: any free port)")
+    stream.add_argument("--out", required=True, help="the cluster-wide log file")
+    stream.add_argument("--json", action="store_true", help="write JSON lines instead of text")
+    stream.add_argument("--forward", help="relay: also pass everything to this upstream streamer")
+    stream.add_argument("--name", default="streamer", help="this streamer's name in its own lines")
+    stream.add_argument("--idle-timeout", type=float, default=10.0, help="seconds before a silent node is gone")
+    stream.add_argument("--merge-window", type=float, default=0.15, help="seconds held back to merge by time")
+    stream.add_argument("--curve-secret-key", help="server key file (zmq.auth): turns CurveZMQ on")
+    stream.add_argument("--curve-clients-dir", help="directory of allowed client public keys")
+    stream.add_argument("--forward-curve-server-key", help="upstream's public key file (with --forward)")
+    stream.add_argument("--forward-curve-client-key", help="this relay's secret key file (with --forward)")
+    stream.set_defaults(func=_stream)
+
+    tail = sub.add_parser(
+        "tail",
+        help="live view of a running streamer",
+        description="Print the streamer's records as they are written, filtered.",
+    )
+    tail.add_argument("--connect", required=True, help="the streamer's tcp://HOST:PORT")
+    tail.add_argument("--ranks", help="only these ranks, e.g. 0-7,12 (workload rank, else infra rank)")
+    tail.add_argument("--level", help="only this level and above, e.g. WARNING")
+    tail.add_argument("--dedup", action="store_true", help="fold lines repeated across ranks into one")
+    tail.add_argument("--dedup-window", type=float, default=1.0, help="seconds of lines folded together")
+    tail.add_argument("--count", type=int, help="exit after printing this many lines")
+    tail.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the streamer to answer")
+    tail.set_defaults(func=_tail)
 
     demo = sub.add_parser(
         "demo",
@@ -92,6 +125,44 @@ def _aggregate(args: argparse.Namespace) -> int:
     finally:
         aggregator.stop(drain=True)
     return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from ._streamer import Streamer
+    from ._transport import CurveKeys
+
+    forward_curve = None
+    if args.forward_curve_server_key or args.forward_curve_client_key:
+        if not (args.forward_curve_server_key and args.forward_curve_client_key):
+            raise ConfigError("--forward-curve-server-key and --forward-curve-client-key go together")
+        forward_curve = CurveKeys(
+            server_public=args.forward_curve_server_key, client_secret=args.forward_curve_client_key
+        )
+    streamer = Streamer(
+        args.bind,
+        args.out,
+        json=args.json,
+        forward=args.forward,
+        name=args.name,
+        idle_timeout=args.idle_timeout,
+        merge_window=args.merge_window,
+        curve_secret_key=args.curve_secret_key,
+        curve_clients_dir=args.curve_clients_dir,
+        forward_curve=forward_curve,
+    )
+    streamer.start()
+    print(f"nvrxlog stream: listening on {streamer.endpoint}, writing {streamer.out_path}", flush=True)
+    try:
+        _wait_for_stop(None)
+    finally:
+        streamer.stop()
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from ._tailview import run_tail
+
+    return run_tail(args)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -56,6 +56,7 @@ class WriterTail:
 
     def __init__(self, writer: WriterId, tid: int, tmp_dir: str, notice: Notice, last_seq: int = -1) -> None:
         self.writer = writer
+        self.key = str(writer)  # stable across restarts: what the streamer de-duplicates by
         self.tid = tid  # small unique int: merge tuples compare it, never the records
         self.tmp_dir = tmp_dir
         self._notice = notice

@@ -1,0 +1,214 @@
+"""The forwarder's on-disk spool: batches waiting for the streamer's acknowledgement.
+
+Batches are appended as orjson lines (``{"b": seq, "n": count, "r": [records]}``) to
+segment files; a segment is deleted once every batch in it is acknowledged.
+The spool is bounded: past ``max_bytes`` its oldest segment is dropped and the
+batch range it held is returned so the loss can be stated exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+
+import orjson
+
+__all__ = ["Spool", "Dropped"]
+
+_SEGMENT = re.compile(r"^seg-(\d{12})\.nvs$")
+_ACKED = "acked"
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Batches lost to the spool limit."""
+
+    first: int
+    last: int
+    records: int
+
+
+class Spool:
+    """Append-only segments of batches; thread-safe (one appender, one reader)."""
+
+    def __init__(self, directory: str, *, max_bytes: int = 1 << 30, segment_bytes: int = 4 << 20) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.segment_bytes = min(segment_bytes, max(max_bytes // 4, 4096))
+        self._lock = threading.Lock()
+        os.makedirs(directory, exist_ok=True)
+        self.acked = self._load_acked()
+        # segment first-seq -> [path, size, last seq, records]
+        self._segments: dict[int, list] = {}
+        self.next_seq = self.acked + 1
+        for name in sorted(os.listdir(directory)):
+            match = _SEGMENT.match(name)
+            if match:
+                self._recover_segment(int(match[1]), os.path.join(directory, name))
+        self._fd = -1
+        self._current = -1
+        self._cursor = self.acked + 1  # the next batch seq to hand out for sending
+        self._reader: tuple[int, int] | None = None  # (segment first seq, offset)
+
+    # -- appending (the aggregator's thread) ----------------------------------------
+
+    def append(self, records: list) -> tuple[int, list[Dropped]]:
+        """Spool one batch; return its seq and any batches dropped to stay in bounds."""
+        with self._lock:
+            seq = self.next_seq
+            self.next_seq += 1
+            data = orjson.dumps({"b": seq, "n": len(records), "r": records}) + b"\n"
+            if self._fd < 0 or self._segments[self._current][1] >= self.segment_bytes:
+                self._roll(seq)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            segment = self._segments[self._current]
+            segment[1] += len(data)
+            segment[2] = seq
+            segment[3] += len(records)
+            return seq, self._enforce_limit()
+
+    def _roll(self, seq: int) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        path = os.path.join(self.directory, f"seg-{seq:012d}.nvs")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._segments[seq] = [path, 0, seq - 1, 0]
+        self._current = seq
+
+    def _enforce_limit(self) -> list[Dropped]:
+        dropped = []
+        while sum(s[1] for s in self._segments.values()) > self.max_bytes and len(self._segments) > 1:
+            first = min(self._segments)
+            path, _, last, records = self._segments.pop(first)
+            os.unlink(path)
+            if last > self.acked:
+                dropped.append(Dropped(max(first, self.acked + 1), last, records))
+                self.acked = last
+                self._cursor = max(self._cursor, last + 1)
+                self._reader = None
+        return dropped
+
+    # -- sending and acknowledging (the forwarder's thread) -------------------------
+
+    def rewind(self) -> None:
+        """Hand out again from the first unacknowledged batch (after a reconnect)."""
+        with self._lock:
+            self._cursor = self.acked + 1
+            self._reader = None
+
+    def next_batch(self) -> tuple[int, bytes] | None:
+        """The next batch to send, as ``(seq, payload)``, or None when all are out."""
+        with self._lock:
+            if self._cursor >= self.next_seq:
+                return None
+            while True:
+                if self._reader is None:
+                    self._reader = self._locate(self._cursor)
+                    if self._reader is None:
+                        return None
+                first, offset = self._reader
+                segment = self._segments.get(first)
+                if segment is None:
+                    self._reader = None
+                    continue
+                with open(segment[0], "rb") as f:
+                    f.seek(offset)
+                    line = f.readline()
+                if not line.endswith(b"\n"):
+                    return None
+                self._reader = (first, offset + len(line))
+                seq = _seq_of(line)
+                if seq is None or seq < self._cursor:
+                    continue  # a batch before the cursor (already acknowledged)
+                self._cursor = seq + 1
+                return seq, line[:-1]
+
+    def _locate(self, seq: int) -> tuple[int, int] | None:
+        starts = sorted(first for first, s in self._segments.items() if s[2] >= seq)
+        return (starts[0], 0) if starts else None
+
+    def ack(self, seq: int) -> None:
+        """Everything up to ``seq`` is durable at the streamer: free its segments."""
+        with self._lock:
+            if seq <= self.acked:
+                return
+            self.acked = min(seq, self.next_seq - 1)
+            for first in sorted(self._segments):
+                path, _, last, _ = self._segments[first]
+                if last <= self.acked and first != self._current:
+                    del self._segments[first]
+                    os.unlink(path)
+            tmp = os.path.join(self.directory, f"{_ACKED}.tmp")
+            with open(tmp, "w") as f:
+                f.write(str(self.acked))
+            os.replace(tmp, os.path.join(self.directory, _ACKED))
+
+    @property
+    def unacked(self) -> int:
+        """Records spooled but not yet acknowledged."""
+        with self._lock:
+            total = 0
+            for first, (_, _, last, records) in self._segments.items():
+                if last > self.acked:
+                    total += records  # whole segment: a slight over-count at its start
+            return total
+
+    @property
+    def pending_batches(self) -> int:
+        """Batches not yet acknowledged."""
+        return self.next_seq - 1 - self.acked
+
+    def close(self) -> None:
+        """Close the open segment (the files stay for the next run)."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            for first in [f for f, s in self._segments.items() if s[2] <= self.acked]:
+                os.unlink(self._segments.pop(first)[0])
+
+    # -- recovery -------------------------------------------------------------------
+
+    def _load_acked(self) -> int:
+        try:
+            with open(os.path.join(self.directory, _ACKED)) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _recover_segment(self, first: int, path: str) -> None:
+        last, records, size = first - 1, 0, 0
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # torn by a crash mid-append: that batch was never acknowledged nor sent whole
+                try:
+                    batch = orjson.loads(line)
+                    seq, count = int(batch["b"]), int(batch["n"])
+                except (ValueError, KeyError, TypeError):
+                    break
+                size += len(line)
+                last = seq
+                records += count
+        if size != os.path.getsize(path):
+            os.truncate(path, size)
+        if last < first or last <= self.acked:
+            os.unlink(path)
+            return
+        self._segments[first] = [path, size, last, records]
+        self.next_seq = max(self.next_seq, last + 1)
+
+
+def _seq_of(line: bytes) -> int | None:
+    # Batches start with {"b":<seq>, so the seq is read without decoding the records.
+    if not line.startswith(b'{"b":'):
+        return None
+    end = line.find(b",", 5)
+    try:
+        return int(line[5:end])
+    except ValueError:
+        return None

@@ -1,0 +1,447 @@
+"""Streamer: receive every node's batches, write the cluster-wide file, publish live.
+
+One thread owns every socket and does everything in turn: receive, de-duplicate,
+merge by time, write, publish, checkpoint, acknowledge. Nothing waits on a pool
+or on another thread, so no slow part can starve or deadlock another; a slow
+disk only slows acknowledgements, and credit then slows the nodes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import time
+from operator import itemgetter
+from types import TracebackType
+
+import orjson
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._config import sanitize_name
+from ._exceptions import ConfigError, LifecycleError, TransportError
+from ._format import LineFormat
+from ._report import ErrorCounter
+from ._transport import (
+    ACK,
+    BATCH,
+    HELLO,
+    INFO,
+    MAX_MESSAGE_BYTES,
+    PING,
+    RESET,
+    TAIL,
+    WELCOME,
+    CurveKeys,
+    Forwarder,
+)
+
+__all__ = ["Streamer"]
+
+_key = itemgetter(0)
+_INF = float("inf")
+_MAX_NAME = 64
+
+
+class _Session:
+    """One connected node (one DEALER connection)."""
+
+    __slots__ = ("node", "acks", "bad")
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.acks: list[tuple[int, int]] = []  # (batch seq, newest ts in it not yet durable)
+        self.bad = 0
+
+
+class Streamer:
+    """The central receiver: ``start()``, ``stop()``, ``endpoint``, context manager.
+
+    ``bind`` may use port 0 (``tcp://127.0.0.1:0``); ``endpoint`` is then the
+    address actually bound. With ``forward`` it is a relay that also passes
+    every record upward with the same delivery guarantees.
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        out_file: str,
+        *,
+        json: bool = False,
+        forward: str | None = None,
+        name: str = "streamer",
+        merge_window: float = 0.15,
+        idle_timeout: float = 10.0,
+        credit: int = 16,
+        checkpoint_interval: float = 0.05,
+        curve_secret_key: str | None = None,
+        curve_clients_dir: str | None = None,
+        forward_curve: CurveKeys | None = None,
+        spool_max_bytes: int = 1 << 30,
+    ) -> None:
+        if not bind.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ConfigError(f"bind address {bind!r} is not tcp://HOST:PORT")
+        self.bind = bind
+        self.out_path = os.path.abspath(out_file)
+        self.name = sanitize_name(name)
+        self.forward = forward
+        self.endpoint: str | None = None
+        self.pub_endpoint: str | None = None
+        self.started = threading.Event()
+        self.stats: dict[str, int] = {"records": 0, "duplicates": 0, "batches": 0, "bad_frames": 0, "nodes": 0}
+        self.errors = ErrorCounter(f"streamer {self.name}")
+        self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
+        self._format = LineFormat(json=json)
+        self._window_ns = int(merge_window * 1e9)
+        self._idle_s = idle_timeout
+        self._credit = credit
+        self._ckpt_s = checkpoint_interval
+        self._curve_secret = curve_secret_key
+        self._curve_clients = curve_clients_dir
+        self._forward_curve = forward_curve
+        self._spool_max = spool_max_bytes
+        self._forwarder: Forwarder | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._failure: BaseException | None = None
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._start_ns = time.time_ns()
+        self._notice_seq = 0
+        self._sessions: dict[bytes, _Session] = {}
+        self._last_seen: dict[str, float] = {}
+        self._gone: set[str] = set()
+        self._written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
+        self._received: dict[str, int] = {}  # the same, counting records still held for merging
+        self._pending: list[tuple] = []
+        self._names: dict[str, str] = {}
+        self._durable_cutoff = 0
+        self._out_fd = -1
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> Streamer:
+        """Bind and start serving; returns once ``endpoint`` is known."""
+        if self._thread is not None:
+            raise LifecycleError("Streamer.start() called twice")
+        self._recover()
+        if self.forward:
+            spool = os.path.join(os.path.dirname(self.out_path), f".nvrx_spool_relay_{self.name}")
+            self._forwarder = Forwarder(
+                self.forward,
+                self.name,
+                spool,
+                spool_max_bytes=self._spool_max,
+                notice=self._notice,
+                curve=self._forward_curve,
+            ).start()
+        self._thread = threading.Thread(target=self._run, name=f"nvrxlog-streamer-{self.name}", daemon=True)
+        self._thread.start()
+        if not self.started.wait(timeout) or self._failure is not None:
+            self._thread.join(1)
+            failure = self._failure
+            raise TransportError(f"streamer could not start on {self.bind}: {failure}") from failure
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush everything received, acknowledge it, close. Safe to call twice."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        os.eventfd_write(self._wake, 1)
+        self._thread.join(timeout)
+        if self._forwarder is not None:
+            undelivered = self._forwarder.stop(timeout)
+            self.stats["undelivered"] = undelivered
+            self._forwarder = None
+
+    def __enter__(self) -> Streamer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _recover(self) -> None:
+        os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
+        ckpt, problem = load_checkpoint(self.checkpoint_path)
+        self._ckpt = ckpt
+        try:
+            self._out_fd = os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            size = os.fstat(self._out_fd).st_size
+            if ckpt.out == self.out_path and size > ckpt.out_size:
+                # Written after the last checkpoint, never acknowledged: the
+                # nodes resend it, so cut it here rather than write it twice.
+                os.ftruncate(self._out_fd, ckpt.out_size)
+        except OSError as exc:
+            raise TransportError(f"cannot open {self.out_path}: {exc.strerror}") from exc
+        if ckpt.out == self.out_path:
+            self._written = dict(ckpt.writers)
+            self._received = dict(ckpt.writers)
+        if problem:
+            self._notice(problem)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def _sockets(self, context: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
+        router = context.socket(zmq.ROUTER)
+        pub = context.socket(zmq.PUB)
+        for sock in (router, pub):
+            sock.linger = 0
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        router.router_mandatory = False  # a vanished peer's reply is dropped, never an error
+        router.sndhwm = 10000
+        pub.sndhwm = 10000  # a slow `nvrxlog tail` loses lines; the streamer never waits for it
+        if self._curve_secret:
+            try:
+                public, secret = zmq.auth.load_certificate(self._curve_secret)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot load CURVE secret key {self._curve_secret}: {exc}") from exc
+            if secret is None:
+                raise ConfigError(f"{self._curve_secret} holds no secret key")
+            self._auth = ThreadAuthenticator(context)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=self._curve_clients or zmq.auth.CURVE_ALLOW_ANY)
+            for sock in (router, pub):
+                sock.curve_secretkey = secret
+                sock.curve_publickey = public
+                sock.curve_server = True
+        router.bind(self.bind)
+        self.endpoint = router.last_endpoint.decode()
+        host = self.endpoint.rsplit(":", 1)[0]
+        pub.bind(f"{host}:0" if self.endpoint.startswith("tcp://") else self.endpoint + ".pub")
+        self.pub_endpoint = pub.last_endpoint.decode()
+        return router, pub
+
+    def _run(self) -> None:
+        context = zmq.Context()
+        router = pub = None
+        self._auth = None
+        try:
+            try:
+                router, pub = self._sockets(context)
+            except (zmq.ZMQError, ConfigError) as exc:
+                self._failure = exc
+                self.started.set()
+                return
+            self.started.set()
+            poller = zmq.Poller()
+            poller.register(router, zmq.POLLIN)
+            poller.register(self._wake, zmq.POLLIN)
+            last_flush = time.monotonic()
+            while not self._stopping:
+                wait = max(0.0, self._ckpt_s - (time.monotonic() - last_flush))
+                for item, _ in poller.poll(wait * 1000 if self._pending or self._has_unacked() else 1000):
+                    if item == self._wake:
+                        try:
+                            os.eventfd_read(self._wake)
+                        except BlockingIOError:
+                            pass
+                        continue
+                    for _ in range(2000):  # then flush, so acks keep flowing under load
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._handle(router, frames)
+                now = time.monotonic()
+                if now - last_flush >= self._ckpt_s:
+                    last_flush = now
+                    self._flush(router, pub, final=False)
+                    self._check_idle(now)
+            self._flush(router, pub, final=True)
+        except BaseException as exc:
+            self._failure = exc
+            self.errors.report("fatal", f"stopped after an unexpected error: {exc!r}")
+        finally:
+            for sock in (router, pub):
+                if sock is not None:
+                    sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            context.term()
+            if self._out_fd >= 0:
+                os.close(self._out_fd)
+                self._out_fd = -1
+
+    def _has_unacked(self) -> bool:
+        return any(s.acks for s in self._sessions.values())
+
+    # -- messages -------------------------------------------------------------------
+
+    def _handle(self, router: zmq.Socket, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.stats["bad_frames"] += 1
+            return
+        peer, kind = frames[0], frames[1]
+        session = self._sessions.get(peer)
+        try:
+            if kind == BATCH and session is not None and len(frames) == 3:
+                self._seen(session.node)
+                self._batch(session, frames[2])
+            elif kind == PING and session is not None:
+                self._seen(session.node)
+                router.send_multipart([peer, PING], zmq.NOBLOCK)
+            elif kind == HELLO and len(frames) == 3:
+                hello = orjson.loads(frames[2])
+                node = self._name(hello["node"])
+                for other, old in list(self._sessions.items()):
+                    if old.node == node:
+                        del self._sessions[other]  # a reconnect replaces the old connection
+                self._sessions[peer] = _Session(node)
+                self.stats["nodes"] = len({s.node for s in self._sessions.values()})
+                self._seen(node)
+                router.send_multipart([peer, WELCOME, orjson.dumps({"credit": self._credit})], zmq.NOBLOCK)
+            elif kind == TAIL:
+                router.send_multipart([peer, INFO, orjson.dumps({"pub": self.pub_endpoint})], zmq.NOBLOCK)
+            elif kind in (BATCH, PING):
+                router.send_multipart([peer, RESET], zmq.NOBLOCK)  # unknown peer (we restarted): hello first
+            else:
+                raise ValueError(f"unknown message kind {kind[:8]!r}")
+        except zmq.Again:
+            pass  # the peer's queue is full; it will ask again
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.stats["bad_frames"] += 1
+            who = session.node if session else "an unknown peer"
+            if session is None or not session.bad:
+                self._notice(f"dropped a malformed message from {who}: {str(exc)[:200]}")
+            if session is not None:
+                session.bad += 1
+
+    def _batch(self, session: _Session, payload: bytes) -> None:
+        batch = orjson.loads(payload)
+        seq = batch["b"]
+        records = batch["r"]
+        if type(seq) is not int or type(records) is not list:
+            raise TypeError("a batch needs an int 'b' and a list 'r'")
+        node = session.node
+        written, received, pending = self._written, self._received, self._pending
+        newest = -1
+        bad = 0
+        for record in records:
+            try:
+                rseq = record["seq"]
+                ts = record["ts"]
+                if type(rseq) is not int or type(ts) is not int:
+                    raise TypeError
+                rnode = record.get("node")
+                rnode = node if rnode is None else self._name(rnode)
+                key = f"{rnode}|{str(record.get('w', '?'))[:200]}"
+            except (KeyError, TypeError, AttributeError):
+                bad += 1
+                continue
+            if rseq <= written.get(key, -1):
+                self.stats["duplicates"] += 1
+                continue  # already in the file
+            if ts > newest:
+                newest = ts
+            if rseq <= received.get(key, -1):
+                self.stats["duplicates"] += 1
+                continue  # held for merging already; its ack waits for it
+            received[key] = rseq
+            record["node"] = rnode
+            pending.append((ts, key, rseq, record))
+        self.stats["batches"] += 1
+        session.acks.append((seq, newest))
+        if bad:
+            self.stats["bad_frames"] += bad
+            self._notice(f"dropped {bad} malformed record(s) in a batch from {node}")
+
+    def _name(self, raw: object) -> str:
+        # Names from the network reach file names and lines: sanitised once, cached.
+        text = str(raw)
+        name = self._names.get(text)
+        if name is None:
+            name = sanitize_name(text, limit=_MAX_NAME)
+            if len(self._names) < 100_000:
+                self._names[text] = name
+        return name
+
+    def _seen(self, node: str) -> None:
+        self._last_seen[node] = time.monotonic()
+        if node in self._gone:
+            self._gone.discard(node)
+            self._notice(f"node {node} is back", level="INFO")
+
+    def _check_idle(self, now: float) -> None:
+        for node, seen in self._last_seen.items():
+            if node not in self._gone and now - seen > self._idle_s:
+                self._gone.add(node)
+                self._notice(f"node {node} has been silent for {now - seen:.0f}s: marked gone")
+
+    def _notice(self, text: str, level: str = "WARNING") -> None:
+        self._notice_seq += 1
+        ts = time.time_ns()
+        key = f"{self.name}|streamer.{self._start_ns}"
+        record = {
+            "seq": self._notice_seq,
+            "ts": ts,
+            "level": level,
+            "rank": None,
+            "local_rank": None,
+            "infra_rank": None,
+            "infra_local_rank": None,
+            "pid": os.getpid(),
+            "file": "nvrxlog",
+            "line": 0,
+            "msg": f"nvrxlog streamer: {text}",
+            "node": self.name,
+            "w": f"streamer.{self._start_ns}",
+        }
+        self._received[key] = self._notice_seq
+        self._pending.append((ts, key, self._notice_seq, record))
+
+    # -- writing --------------------------------------------------------------------
+
+    def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
+        pending = self._pending
+        cutoff = _INF if final else time.time_ns() - self._window_ns
+        if pending:
+            pending.sort()
+            ready_n = len(pending) if final else bisect.bisect_right(pending, cutoff, key=_key)
+            if ready_n:
+                ready = pending[:ready_n]
+                del pending[:ready_n]
+                self._write(ready, pub)
+        self._checkpoint()
+        self._durable_cutoff = cutoff
+        for peer, session in self._sessions.items():
+            acks = session.acks
+            done = 0
+            while done < len(acks) and acks[done][1] <= cutoff:
+                done += 1
+            if done:
+                last = acks[done - 1][0]
+                del acks[:done]
+                try:
+                    router.send_multipart([peer, ACK, orjson.dumps({"acked": last})], zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # the node resends and is acknowledged again
+
+    def _write(self, ready: list[tuple], pub: zmq.Socket) -> None:
+        line = self._format.line
+        records = [item[3] for item in ready]
+        data = "".join([line(r, r["node"]) for r in records]).encode("utf-8", "backslashreplace")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._out_fd, view) :]
+        written = self._written
+        for _, key, seq, _ in ready:
+            written[key] = seq
+        self.stats["records"] += len(ready)
+        try:
+            pub.send_multipart([b"rec", orjson.dumps(records)], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # no subscriber keeps up: live view only, the file has everything
+        if self._forwarder is not None:
+            self._forwarder.submit(records)
+
+    def _checkpoint(self) -> None:
+        ckpt = self._ckpt
+        ckpt.out = self.out_path
+        ckpt.out_size = os.lseek(self._out_fd, 0, os.SEEK_END)
+        ckpt.writers = self._written
+        save_checkpoint(self.checkpoint_path, ckpt)

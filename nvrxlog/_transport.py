@@ -1,0 +1,276 @@
+"""The wire protocol between node aggregators and the streamer, and the node side of it.
+
+Every message is a multipart ZeroMQ message whose first frame is its kind:
+
+==========  ======================  ===============================================
+direction   kind                    payload (orjson unless said otherwise)
+==========  ======================  ===============================================
+node ->     ``H`` hello             ``{"node": id, "v": 1}``
+node ->     ``B`` batch             a spool line: ``{"b": seq, "n": count, "r": [...]}``
+node ->     ``P`` ping              none
+anyone ->   ``T`` tail info         none
+-> node     ``W`` welcome           ``{"credit": batches in flight allowed}``
+-> node     ``A`` ack               ``{"acked": seq}``: batches up to seq are durable
+-> node     ``P`` pong              none
+-> node     ``R`` reset             none: "say hello first" (e.g. after a restart)
+-> anyone   ``I`` info              ``{"pub": endpoint of the live PUB socket}``
+==========  ======================  ===============================================
+
+A node sends batches in order, at most ``credit`` beyond the last ack, and on a
+reset, a reconnect or a silent streamer rewinds to the first unacknowledged
+batch. The streamer de-duplicates per record (node, writer, writer seq), so a
+resend can never double a line.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+import zmq
+import zmq.auth
+
+from ._exceptions import ConfigError, LifecycleError, TransportError
+from ._spool import Spool
+
+__all__ = ["Forwarder", "CurveKeys", "HELLO", "BATCH", "PING", "TAIL", "WELCOME", "ACK", "RESET", "INFO"]
+
+HELLO, BATCH, PING, TAIL = b"H", b"B", b"P", b"T"
+WELCOME, ACK, RESET, INFO = b"W", b"A", b"R", b"I"
+PROTOCOL_VERSION = 1
+MAX_BATCH_RECORDS = 1000
+MAX_MESSAGE_BYTES = 64 << 20
+
+#: Reports a problem as a line in the node's output: ``notice(text)``.
+Notice = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurveKeys:
+    """CurveZMQ key files: the server's public key and this client's secret key.
+
+    Both are files written by ``zmq.auth.create_certificates``.
+    """
+
+    server_public: str
+    client_secret: str
+
+    def apply(self, socket: zmq.Socket) -> None:
+        """Configure ``socket`` as a CURVE client."""
+        try:
+            server_public, _ = zmq.auth.load_certificate(self.server_public)
+            client_public, client_secret = zmq.auth.load_certificate(self.client_secret)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load CURVE keys: {exc}") from exc
+        if client_secret is None:
+            raise ConfigError(f"{self.client_secret} holds no secret key")
+        socket.curve_serverkey = server_public
+        socket.curve_publickey = client_public
+        socket.curve_secretkey = client_secret
+
+
+class Forwarder:
+    """Delivers spooled batches to a streamer over a DEALER socket, in its own thread.
+
+    ``submit()`` (any thread) appends to the on-disk spool and returns at
+    once; nothing a rank or the aggregator does ever waits for the network.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        node_id: str,
+        spool_dir: str,
+        *,
+        spool_max_bytes: int = 1 << 30,
+        warn_after: float = 30.0,
+        heartbeat: float = 1.0,
+        liveness: float = 5.0,
+        notice: Notice | None = None,
+        curve: CurveKeys | None = None,
+    ) -> None:
+        if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ConfigError(f"streamer address {endpoint!r} is not tcp://HOST:PORT")
+        self.endpoint = endpoint
+        self.node_id = node_id
+        self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
+        self.warn_after = warn_after
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.curve = curve
+        self.welcomed = threading.Event()
+        self.stats: dict[str, int] = {"sent": 0, "acked_batches": 0, "resets": 0, "reconnects": 0, "dropped": 0}
+        self._notice = notice or (lambda text: None)
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._thread: threading.Thread | None = None
+        self._owner_pid = os.getpid()
+
+    def start(self) -> Forwarder:
+        """Start the forwarding thread."""
+        if self._thread is not None:
+            raise LifecycleError("Forwarder.start() called twice")
+        self._thread = threading.Thread(target=self._run, name=f"nvrxlog-forwarder-{self.node_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, records: list) -> None:
+        """Spool ``records`` for delivery (in batches) and wake the sender."""
+        for start in range(0, len(records), MAX_BATCH_RECORDS):
+            _, dropped = self.spool.append(records[start : start + MAX_BATCH_RECORDS])
+            for loss in dropped:
+                self.stats["dropped"] += loss.records
+                self._notice(
+                    f"forwarding spool over its limit ({self.spool.max_bytes >> 20} MiB) while the streamer "
+                    f"did not acknowledge: batches {loss.first}-{loss.last} ({loss.records} records) were dropped "
+                    "and will not reach the streamer (the per-node file has them)"
+                )
+        self._poke()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` s for every batch to be acknowledged; return records not delivered."""
+        if self._thread is None or os.getpid() != self._owner_pid:
+            return 0
+        self._stop_deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._poke()
+        self._thread.join(timeout + 5)
+        undelivered = self.spool.unacked
+        self.spool.close()
+        return undelivered
+
+    def _handle(self, frames: list[bytes], credit: int, in_flight: int) -> tuple[int, int]:
+        """Act on one message from the streamer; return the new (credit, in flight)."""
+        kind = frames[0]
+        if kind == ACK:
+            acked = int(orjson.loads(frames[1])["acked"])
+            before = self.spool.acked
+            self.spool.ack(acked)
+            done = self.spool.acked - before
+            self.stats["acked_batches"] += done
+            return credit, max(0, in_flight - done)
+        if kind == WELCOME:
+            if not self.welcomed.is_set():
+                credit = max(1, int(orjson.loads(frames[1])["credit"]))
+                self.spool.rewind()  # resend everything unacknowledged, in order
+                self.welcomed.set()
+                return credit, 0
+        elif kind == RESET:
+            # The streamer does not know us (it restarted): hello again, then resend.
+            self.welcomed.clear()
+            self.stats["resets"] += 1
+        return credit, in_flight
+
+    def _poke(self) -> None:
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            pass  # the counter is saturated: the thread is awake anyway
+
+    # -- the forwarding thread ------------------------------------------------------
+
+    def _socket(self, context: zmq.Context) -> zmq.Socket:
+        sock = context.socket(zmq.DEALER)
+        sock.linger = 0  # unacknowledged batches live in the spool, not in the socket
+        sock.immediate = True  # no queueing to a streamer that is not there: we resend
+        sock.sndhwm = 1000
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        if self.curve is not None:
+            self.curve.apply(sock)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise TransportError(f"cannot connect to {self.endpoint}: {exc}") from exc
+        return sock
+
+    def _run(self) -> None:
+        context = zmq.Context()
+        sock = self._socket(context)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        credit = 0
+        in_flight = 0
+        started = last_recv = last_hello = time.monotonic()
+        last_sent = 0.0
+        warned = False
+        hello = [HELLO, orjson.dumps({"node": self.node_id, "v": PROTOCOL_VERSION})]
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stopping and (self.spool.pending_batches == 0 or now > self._stop_deadline):
+                    return
+                welcomed = self.welcomed.is_set()
+                if not welcomed and now - last_hello >= min(0.25, self.heartbeat):
+                    _try_send(sock, hello)
+                    last_hello = now
+                if not welcomed and not warned and now - started > self.warn_after:
+                    warned = True
+                    self._notice(
+                        f"the streamer {self.endpoint} has not answered for {self.warn_after:.0f}s; "
+                        "records are spooled and forwarding keeps retrying"
+                    )
+                if welcomed and now - last_recv > self.liveness:
+                    # A silent streamer (killed, restarted, network gone): start
+                    # over on a fresh connection and resend what is unacknowledged.
+                    poller.unregister(sock)
+                    sock.close()
+                    sock = self._socket(context)
+                    poller.register(sock, zmq.POLLIN)
+                    self.welcomed.clear()
+                    self.stats["reconnects"] += 1
+                    started = now
+                    continue
+                while welcomed and in_flight < credit:
+                    batch = self.spool.next_batch()
+                    if batch is None:
+                        break
+                    if not _try_send(sock, [BATCH, batch[1]]):
+                        self.spool.rewind()  # the pipe is full or gone: resend from the first unacked
+                        in_flight = 0
+                        break
+                    in_flight += 1
+                    last_sent = now
+                    self.stats["sent"] += 1
+                if welcomed and now - last_sent >= self.heartbeat:
+                    _try_send(sock, [PING])
+                    last_sent = now
+                timeout = self.heartbeat if welcomed else min(0.25, self.heartbeat)
+                for item, _ in poller.poll(timeout * 1000):
+                    if item == self._wake:
+                        try:
+                            os.eventfd_read(self._wake)
+                        except BlockingIOError:
+                            pass
+                        continue
+                    while True:
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        last_recv = time.monotonic()
+                        try:
+                            credit, in_flight = self._handle(frames, credit, in_flight)
+                        except (ValueError, KeyError, TypeError, IndexError):
+                            self.stats["bad_replies"] = self.stats.get("bad_replies", 0) + 1
+                        if frames[0] == RESET:
+                            last_hello = 0.0
+        except Exception as exc:
+            self._notice(f"forwarding stopped after an unexpected error: {exc!r}")
+        finally:
+            sock.close(linger=0)
+            context.term()
+
+
+def _try_send(sock: zmq.Socket, frames: list[bytes]) -> bool:
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False
