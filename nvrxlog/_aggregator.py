@@ -300,7 +300,11 @@ class NodeAggregator:
         if ready_n:
             ready = pending[:ready_n]
             del pending[:ready_n]
-            self._write(ready)
+            self._write(ready, now if cutoff == _INF else int(cutoff))
+        if self._forwarder is not None and not pending:
+            self._forwarder.watermark = now if cutoff == _INF else int(cutoff)
+        elif self._forwarder is not None:
+            self._forwarder.watermark = min(int(min(cutoff, now)), pending[0][0] - 1)
         if final or (ready_n and now - self._last_ckpt >= self._ckpt_ns):
             self._checkpoint(now)
         return bool(read)
@@ -362,7 +366,7 @@ class NodeAggregator:
             noun = "entry" if len(skipped) == 1 else "entries"
             self._notice(f"skipped {len(skipped)} {noun} in the tmpdir: {', '.join(skipped[:10])}")
 
-    def _write(self, ready: list[tuple]) -> None:
+    def _write(self, ready: list[tuple], watermark: int) -> None:
         node = self.node_id
         line = self._format.line
         data = "".join([line(item[3], node) for item in ready]).encode("utf-8", "backslashreplace")
@@ -401,7 +405,7 @@ class NodeAggregator:
                 tail = by_tid.get(tid)
                 record["w"] = tail.key if tail is not None else self._notice_key
                 records.append(record)
-            self._forwarder.submit(records)
+            self._forwarder.submit(records, watermark)
 
     def _checkpoint(self, now: int) -> None:
         ckpt = self._ckpt

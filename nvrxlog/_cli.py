@@ -54,7 +54,12 @@ def _build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--forward", help="relay: also pass everything to this upstream streamer")
     stream.add_argument("--name", default="streamer", help="this streamer's name in its own lines")
     stream.add_argument("--idle-timeout", type=float, default=10.0, help="seconds before a silent node is gone")
-    stream.add_argument("--merge-window", type=float, default=0.15, help="seconds held back to merge by time")
+    stream.add_argument(
+        "--max-hold",
+        type=float,
+        default=1.0,
+        help="seconds a lagging node may hold the others back before its lines are written late",
+    )
     stream.add_argument("--curve-secret-key", help="server key file (zmq.auth): turns CurveZMQ on")
     stream.add_argument("--curve-clients-dir", help="directory of allowed client public keys")
     stream.add_argument("--forward-curve-server-key", help="upstream's public key file (with --forward)")
@@ -145,7 +150,7 @@ def _stream(args: argparse.Namespace) -> int:
         forward=args.forward,
         name=args.name,
         idle_timeout=args.idle_timeout,
-        merge_window=args.merge_window,
+        max_hold=args.max_hold,
         curve_secret_key=args.curve_secret_key,
         curve_clients_dir=args.curve_clients_dir,
         forward_curve=forward_curve,

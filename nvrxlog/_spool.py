@@ -1,6 +1,6 @@
 """The forwarder's on-disk spool: batches waiting for the streamer's acknowledgement.
 
-Batches are appended as orjson lines (``{"b": seq, "n": count, "r": [records]}``) to
+Batches are appended as orjson lines (``{"b": seq, "c": watermark, "n": count, "r": [records]}``) to
 segment files; a segment is deleted once every batch in it is acknowledged.
 The spool is bounded: past ``max_bytes`` its oldest segment is dropped and the
 batch range it held is returned so the loss can be stated exactly.
@@ -40,7 +40,7 @@ class Spool:
         self._lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
         self.acked = self._load_acked()
-        # segment first-seq -> [path, size, last seq, records]
+        # segment first-seq -> [path, size, last seq, {batch seq: records}]
         self._segments: dict[int, list] = {}
         self.next_seq = self.acked + 1
         for name in sorted(os.listdir(directory)):
@@ -54,12 +54,15 @@ class Spool:
 
     # -- appending (the aggregator's thread) ----------------------------------------
 
-    def append(self, records: list) -> tuple[int, list[Dropped]]:
-        """Spool one batch; return its seq and any batches dropped to stay in bounds."""
+    def append(self, records: list, watermark: int) -> tuple[int, list[Dropped]]:
+        """Spool one batch; return its seq and any batches dropped to stay in bounds.
+
+        ``watermark``: the node has now handed over every record up to this time.
+        """
         with self._lock:
             seq = self.next_seq
             self.next_seq += 1
-            data = orjson.dumps({"b": seq, "n": len(records), "r": records}) + b"\n"
+            data = orjson.dumps({"b": seq, "c": watermark, "n": len(records), "r": records}) + b"\n"
             if self._fd < 0 or self._segments[self._current][1] >= self.segment_bytes:
                 self._roll(seq)
             view = memoryview(data)
@@ -68,7 +71,7 @@ class Spool:
             segment = self._segments[self._current]
             segment[1] += len(data)
             segment[2] = seq
-            segment[3] += len(records)
+            segment[3][seq] = len(records)
             return seq, self._enforce_limit()
 
     def _roll(self, seq: int) -> None:
@@ -76,17 +79,18 @@ class Spool:
             os.close(self._fd)
         path = os.path.join(self.directory, f"seg-{seq:012d}.nvs")
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._segments[seq] = [path, 0, seq - 1, 0]
+        self._segments[seq] = [path, 0, seq - 1, {}]
         self._current = seq
 
     def _enforce_limit(self) -> list[Dropped]:
         dropped = []
         while sum(s[1] for s in self._segments.values()) > self.max_bytes and len(self._segments) > 1:
             first = min(self._segments)
-            path, _, last, records = self._segments.pop(first)
+            path, _, last, counts = self._segments.pop(first)
             os.unlink(path)
             if last > self.acked:
-                dropped.append(Dropped(max(first, self.acked + 1), last, records))
+                lost = sum(n for seq, n in counts.items() if seq > self.acked)
+                dropped.append(Dropped(max(first, self.acked + 1), last, lost))
                 self.acked = last
                 self._cursor = max(self._cursor, last + 1)
                 self._reader = None
@@ -151,11 +155,14 @@ class Spool:
     def unacked(self) -> int:
         """Records spooled but not yet acknowledged."""
         with self._lock:
-            total = 0
-            for first, (_, _, last, records) in self._segments.items():
-                if last > self.acked:
-                    total += records  # whole segment: a slight over-count at its start
-            return total
+            acked = self.acked
+            return sum(n for s in self._segments.values() for seq, n in s[3].items() if seq > acked)
+
+    @property
+    def all_sent(self) -> bool:
+        """True when every spooled batch has been handed out for sending."""
+        with self._lock:
+            return self._cursor >= self.next_seq
 
     @property
     def pending_batches(self) -> int:
@@ -181,7 +188,8 @@ class Spool:
             return 0
 
     def _recover_segment(self, first: int, path: str) -> None:
-        last, records, size = first - 1, 0, 0
+        last, size = first - 1, 0
+        counts: dict[int, int] = {}
         with open(path, "rb") as f:
             for line in f:
                 if not line.endswith(b"\n"):
@@ -193,13 +201,13 @@ class Spool:
                     break
                 size += len(line)
                 last = seq
-                records += count
+                counts[seq] = count
         if size != os.path.getsize(path):
             os.truncate(path, size)
         if last < first or last <= self.acked:
             os.unlink(path)
             return
-        self._segments[first] = [path, size, last, records]
+        self._segments[first] = [path, size, last, counts]
         self.next_seq = max(self.next_seq, last + 1)
 
 

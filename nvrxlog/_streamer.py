@@ -73,9 +73,9 @@ class Streamer:
         json: bool = False,
         forward: str | None = None,
         name: str = "streamer",
-        merge_window: float = 0.15,
+        max_hold: float = 1.0,
         idle_timeout: float = 10.0,
-        credit: int = 16,
+        credit_bytes: int = 256 << 20,
         checkpoint_interval: float = 0.05,
         curve_secret_key: str | None = None,
         curve_clients_dir: str | None = None,
@@ -95,9 +95,9 @@ class Streamer:
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
         self._format = LineFormat(json=json)
-        self._window_ns = int(merge_window * 1e9)
+        self._hold_ns = int(max_hold * 1e9)
         self._idle_s = idle_timeout
-        self._credit = credit
+        self._credit_bytes = credit_bytes
         self._ckpt_s = checkpoint_interval
         self._curve_secret = curve_secret_key
         self._curve_clients = curve_clients_dir
@@ -113,11 +113,12 @@ class Streamer:
         self._sessions: dict[bytes, _Session] = {}
         self._last_seen: dict[str, float] = {}
         self._gone: set[str] = set()
+        self._watermarks: dict[str, int] = {}  # node -> it has sent everything up to this time
         self._written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
         self._received: dict[str, int] = {}  # the same, counting records still held for merging
         self._pending: list[tuple] = []
         self._names: dict[str, str] = {}
-        self._durable_cutoff = 0
+        self._last_written_ts = 0
         self._out_fd = -1
 
     # -- lifecycle ------------------------------------------------------------------
@@ -279,11 +280,14 @@ class Streamer:
         peer, kind = frames[0], frames[1]
         session = self._sessions.get(peer)
         try:
-            if kind == BATCH and session is not None and len(frames) == 3:
+            if kind == BATCH and session is not None and len(frames) >= 3:
                 self._seen(session.node)
-                self._batch(session, frames[2])
+                for payload in frames[2:]:
+                    self._batch(session, payload)
             elif kind == PING and session is not None:
                 self._seen(session.node)
+                if len(frames) == 3:
+                    self._advance(session.node, int(frames[2]))
                 router.send_multipart([peer, PING], zmq.NOBLOCK)
             elif kind == HELLO and len(frames) == 3:
                 hello = orjson.loads(frames[2])
@@ -294,7 +298,10 @@ class Streamer:
                 self._sessions[peer] = _Session(node)
                 self.stats["nodes"] = len({s.node for s in self._sessions.values()})
                 self._seen(node)
-                router.send_multipart([peer, WELCOME, orjson.dumps({"credit": self._credit})], zmq.NOBLOCK)
+                # The byte budget is shared: what all nodes may have in flight
+                # at once bounds what the streamer holds.
+                credit = max(256 << 10, min(8 << 20, self._credit_bytes // max(1, len(self._sessions))))
+                router.send_multipart([peer, WELCOME, orjson.dumps({"credit": credit})], zmq.NOBLOCK)
             elif kind == TAIL:
                 router.send_multipart([peer, INFO, orjson.dumps({"pub": self.pub_endpoint})], zmq.NOBLOCK)
             elif kind in (BATCH, PING):
@@ -315,8 +322,9 @@ class Streamer:
         batch = orjson.loads(payload)
         seq = batch["b"]
         records = batch["r"]
-        if type(seq) is not int or type(records) is not list:
-            raise TypeError("a batch needs an int 'b' and a list 'r'")
+        watermark = batch.get("c", 0)
+        if type(seq) is not int or type(records) is not list or type(watermark) is not int:
+            raise TypeError("a batch needs an int 'b', an int 'c' and a list 'r'")
         node = session.node
         written, received, pending = self._written, self._received, self._pending
         newest = -1
@@ -346,9 +354,20 @@ class Streamer:
             pending.append((ts, key, rseq, record))
         self.stats["batches"] += 1
         session.acks.append((seq, newest))
+        self._advance(node, watermark)
         if bad:
             self.stats["bad_frames"] += bad
             self._notice(f"dropped {bad} malformed record(s) in a batch from {node}")
+
+    def _advance(self, node: str, watermark: int) -> None:
+        if watermark > self._watermarks.get(node, 0):
+            self._watermarks[node] = watermark
+
+    def _cutoff(self) -> int:
+        """Write up to the lowest watermark of the live nodes, holding back at most max_hold."""
+        now = time.time_ns()
+        live = [w for node, w in self._watermarks.items() if node not in self._gone]
+        return max(min(live, default=now), now - self._hold_ns)
 
     def _name(self, raw: object) -> str:
         # Names from the network reach file names and lines: sanitised once, cached.
@@ -398,16 +417,19 @@ class Streamer:
 
     def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
         pending = self._pending
-        cutoff = _INF if final else time.time_ns() - self._window_ns
+        cutoff = _INF if final else self._cutoff()
         if pending:
             pending.sort()
             ready_n = len(pending) if final else bisect.bisect_right(pending, cutoff, key=_key)
             if ready_n:
                 ready = pending[:ready_n]
                 del pending[:ready_n]
-                self._write(ready, pub)
+                self._write(ready, pub, time.time_ns() if cutoff == _INF else cutoff)
+        if self._forwarder is not None:
+            self._forwarder.watermark = (
+                time.time_ns() if cutoff == _INF else min(cutoff, pending[0][0] - 1 if pending else cutoff)
+            )
         self._checkpoint()
-        self._durable_cutoff = cutoff
         for peer, session in self._sessions.items():
             acks = session.acks
             done = 0
@@ -421,7 +443,7 @@ class Streamer:
                 except zmq.Again:
                     pass  # the node resends and is acknowledged again
 
-    def _write(self, ready: list[tuple], pub: zmq.Socket) -> None:
+    def _write(self, ready: list[tuple], pub: zmq.Socket, watermark: int) -> None:
         line = self._format.line
         records = [item[3] for item in ready]
         data = "".join([line(r, r["node"]) for r in records]).encode("utf-8", "backslashreplace")
@@ -431,13 +453,16 @@ class Streamer:
         written = self._written
         for _, key, seq, _ in ready:
             written[key] = seq
+        if ready[0][0] < self._last_written_ts:
+            self.stats["late"] = self.stats.get("late", 0) + sum(1 for r in ready if r[0] < self._last_written_ts)
+        self._last_written_ts = ready[-1][0]
         self.stats["records"] += len(ready)
         try:
             pub.send_multipart([b"rec", orjson.dumps(records)], zmq.NOBLOCK)
         except zmq.Again:
             pass  # no subscriber keeps up: live view only, the file has everything
         if self._forwarder is not None:
-            self._forwarder.submit(records)
+            self._forwarder.submit(records, watermark)
 
     def _checkpoint(self) -> None:
         ckpt = self._ckpt

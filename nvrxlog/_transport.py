@@ -6,20 +6,25 @@ Every message is a multipart ZeroMQ message whose first frame is its kind:
 direction   kind                    payload (orjson unless said otherwise)
 ==========  ======================  ===============================================
 node ->     ``H`` hello             ``{"node": id, "v": 1}``
-node ->     ``B`` batch             a spool line: ``{"b": seq, "n": count, "r": [...]}``
-node ->     ``P`` ping              none
+node ->     ``B`` batches           one or more spool lines (a frame each):
+                                    ``{"b": seq, "c": watermark, "n": count, "r": [...]}``
+node ->     ``P`` ping              optional watermark (ascii ns) once every batch is sent
 anyone ->   ``T`` tail info         none
--> node     ``W`` welcome           ``{"credit": batches in flight allowed}``
+-> node     ``W`` welcome           ``{"credit": bytes of batches in flight allowed}``
 -> node     ``A`` ack               ``{"acked": seq}``: batches up to seq are durable
 -> node     ``P`` pong              none
 -> node     ``R`` reset             none: "say hello first" (e.g. after a restart)
 -> anyone   ``I`` info              ``{"pub": endpoint of the live PUB socket}``
 ==========  ======================  ===============================================
 
-A node sends batches in order, at most ``credit`` beyond the last ack, and on a
+A node sends batches in order, at most ``credit`` bytes beyond the last ack, and on a
 reset, a reconnect or a silent streamer rewinds to the first unacknowledged
 batch. The streamer de-duplicates per record (node, writer, writer seq), so a
 resend can never double a line.
+
+A watermark says "this node has handed over every record up to this time";
+the streamer writes up to the lowest watermark of its live nodes, so lines
+from different nodes come out in time order however late each arrives.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +50,8 @@ WELCOME, ACK, RESET, INFO = b"W", b"A", b"R", b"I"
 PROTOCOL_VERSION = 1
 MAX_BATCH_RECORDS = 1000
 MAX_MESSAGE_BYTES = 64 << 20
+_MESSAGE_TARGET = 1 << 20  # consecutive small batches travel together up to this size
+_WATERMARK_EVERY = 0.05  # seconds between watermark-only pings while the node is caught up
 
 #: Reports a problem as a line in the node's output: ``notice(text)``.
 Notice = Callable[[str], None]
@@ -103,6 +111,8 @@ class Forwarder:
         self.liveness = liveness
         self.curve = curve
         self.welcomed = threading.Event()
+        #: Every record up to this time (ns) has been submitted; set by the producer.
+        self.watermark = 0
         self.stats: dict[str, int] = {"sent": 0, "acked_batches": 0, "resets": 0, "reconnects": 0, "dropped": 0}
         self._notice = notice or (lambda text: None)
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -119,10 +129,10 @@ class Forwarder:
         self._thread.start()
         return self
 
-    def submit(self, records: list) -> None:
-        """Spool ``records`` for delivery (in batches) and wake the sender."""
+    def submit(self, records: list, watermark: int) -> None:
+        """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
         for start in range(0, len(records), MAX_BATCH_RECORDS):
-            _, dropped = self.spool.append(records[start : start + MAX_BATCH_RECORDS])
+            _, dropped = self.spool.append(records[start : start + MAX_BATCH_RECORDS], watermark)
             for loss in dropped:
                 self.stats["dropped"] += loss.records
                 self._notice(
@@ -144,27 +154,24 @@ class Forwarder:
         self.spool.close()
         return undelivered
 
-    def _handle(self, frames: list[bytes], credit: int, in_flight: int) -> tuple[int, int]:
-        """Act on one message from the streamer; return the new (credit, in flight)."""
+    def _handle(self, frames: list[bytes], credit: int) -> int:
+        """Act on one message from the streamer; return the new credit."""
         kind = frames[0]
         if kind == ACK:
             acked = int(orjson.loads(frames[1])["acked"])
             before = self.spool.acked
             self.spool.ack(acked)
-            done = self.spool.acked - before
-            self.stats["acked_batches"] += done
-            return credit, max(0, in_flight - done)
-        if kind == WELCOME:
+            self.stats["acked_batches"] += self.spool.acked - before
+        elif kind == WELCOME:
             if not self.welcomed.is_set():
                 credit = max(1, int(orjson.loads(frames[1])["credit"]))
                 self.spool.rewind()  # resend everything unacknowledged, in order
                 self.welcomed.set()
-                return credit, 0
         elif kind == RESET:
             # The streamer does not know us (it restarted): hello again, then resend.
             self.welcomed.clear()
             self.stats["resets"] += 1
-        return credit, in_flight
+        return credit
 
     def _poke(self) -> None:
         try:
@@ -196,9 +203,11 @@ class Forwarder:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
         credit = 0
-        in_flight = 0
+        in_flight: deque[tuple[int, int]] = deque()  # (last batch seq, bytes) per message sent
+        in_flight_bytes = 0
         started = last_recv = last_hello = time.monotonic()
         last_sent = 0.0
+        sent_watermark = 0
         warned = False
         hello = [HELLO, orjson.dumps({"node": self.node_id, "v": PROTOCOL_VERSION})]
         try:
@@ -227,21 +236,41 @@ class Forwarder:
                     self.stats["reconnects"] += 1
                     started = now
                     continue
-                while welcomed and in_flight < credit:
-                    batch = self.spool.next_batch()
-                    if batch is None:
+                while welcomed and in_flight_bytes < credit:
+                    frames = [BATCH]
+                    size = 0
+                    last = 0
+                    while size < _MESSAGE_TARGET and (batch := self.spool.next_batch()) is not None:
+                        frames.append(batch[1])
+                        size += len(batch[1])
+                        last = batch[0]
+                    if not last:
                         break
-                    if not _try_send(sock, [BATCH, batch[1]]):
+                    if not _try_send(sock, frames):
                         self.spool.rewind()  # the pipe is full or gone: resend from the first unacked
-                        in_flight = 0
+                        in_flight.clear()
+                        in_flight_bytes = 0
                         break
-                    in_flight += 1
+                    in_flight.append((last, size))
+                    in_flight_bytes += size
                     last_sent = now
-                    self.stats["sent"] += 1
-                if welcomed and now - last_sent >= self.heartbeat:
+                    self.stats["sent"] += len(frames) - 1
+                if welcomed and self.spool.all_sent:
+                    # Idle or caught up: the watermark alone tells the streamer
+                    # it need not wait for us (often enough to keep lines live).
+                    watermark = self.watermark
+                    if (
+                        watermark > sent_watermark
+                        and now - last_sent >= _WATERMARK_EVERY
+                        or (now - last_sent >= self.heartbeat)
+                    ):
+                        _try_send(sock, [PING, b"%d" % watermark])
+                        sent_watermark = watermark
+                        last_sent = now
+                elif welcomed and now - last_sent >= self.heartbeat:
                     _try_send(sock, [PING])
                     last_sent = now
-                timeout = self.heartbeat if welcomed else min(0.25, self.heartbeat)
+                timeout = _WATERMARK_EVERY if welcomed else min(0.25, self.heartbeat)
                 for item, _ in poller.poll(timeout * 1000):
                     if item == self._wake:
                         try:
@@ -256,11 +285,16 @@ class Forwarder:
                             break
                         last_recv = time.monotonic()
                         try:
-                            credit, in_flight = self._handle(frames, credit, in_flight)
+                            credit = self._handle(frames, credit)
                         except (ValueError, KeyError, TypeError, IndexError):
                             self.stats["bad_replies"] = self.stats.get("bad_replies", 0) + 1
                         if frames[0] == RESET:
                             last_hello = 0.0
+                        if frames[0] == WELCOME or not self.welcomed.is_set():
+                            in_flight.clear()  # everything unacknowledged is resent
+                            in_flight_bytes = 0
+                        while in_flight and in_flight[0][0] <= self.spool.acked:
+                            in_flight_bytes -= in_flight.popleft()[1]
         except Exception as exc:
             self._notice(f"forwarding stopped after an unexpected error: {exc!r}")
         finally:
