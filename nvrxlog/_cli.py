@@ -40,6 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--streamer", help="tcp://HOST:PORT of the central streamer to forward to")
     agg.add_argument("--wait-file", help="drain and exit once this file exists")
     agg.add_argument("--json", action="store_true", help="write JSON lines instead of text")
+    agg.add_argument("--spool-max-mb", type=float, default=1024, help="on-disk spool limit while forwarding")
+    agg.add_argument("--warn-after", type=float, default=30.0, help="seconds without a streamer before one warning")
     agg.set_defaults(func=_aggregate)
 
     stream = sub.add_parser(
@@ -123,7 +125,17 @@ def _wait_for_stop(wait_file: str | None) -> None:
 def _aggregate(args: argparse.Namespace) -> int:
     from ._aggregator import NodeAggregator
 
-    aggregator = NodeAggregator(args.tmp_dir, args.log_dir, args.node_id, args.streamer, json=args.json)
+    if args.spool_max_mb <= 0 or args.warn_after < 0:
+        raise ConfigError("--spool-max-mb must be positive and --warn-after not negative")
+    aggregator = NodeAggregator(
+        args.tmp_dir,
+        args.log_dir,
+        args.node_id,
+        args.streamer,
+        json=args.json,
+        spool_max_bytes=int(args.spool_max_mb * (1 << 20)),
+        warn_after=args.warn_after,
+    )
     aggregator.start()
     try:
         _wait_for_stop(args.wait_file)

@@ -24,10 +24,13 @@ class LineFormat:
     per distinct set of ranks, which keeps formatting cheap at 300k records/s.
     """
 
-    __slots__ = ("json", "_second", "_stamp", "_milli", "_milli_stamp", "_labels")
+    __slots__ = ("json", "untrusted", "_second", "_stamp", "_milli", "_milli_stamp", "_labels")
 
-    def __init__(self, *, json: bool = False) -> None:
+    def __init__(self, *, json: bool = False, untrusted: bool = False) -> None:
         self.json = json
+        # Records from the network: a message must not be able to forge a line,
+        # so continuation lines are indented and other control characters escaped.
+        self.untrusted = untrusted
         self._second = -1
         self._stamp = ""
         self._milli = -1
@@ -44,10 +47,13 @@ class LineFormat:
                 self._stamp_for(milli)
             ranks = (record["rank"], record["local_rank"], record["infra_rank"], record["infra_local_rank"])
             label = self._labels.get(ranks) or self._label(ranks)
-            return (
+            text = (
                 f"{self._milli_stamp} [{record['level']}] [{node}] {label} "
-                f"{record['file']}:{record['line']} {record['msg']}\n"
+                f"{record['file']}:{record['line']} {record['msg']}"
             )
+            if self.untrusted and not text.isprintable():
+                text = _defang(text)
+            return text + "\n"
         except (KeyError, TypeError):
             # Valid JSON from a foreign or damaged file may lack fields or hold
             # odd types; it is still shown, with '?' for what is missing.
@@ -71,10 +77,19 @@ class LineFormat:
         ts = record.get("ts")
         self._stamp_for(ts // 1_000_000 if type(ts) is int else 0)
         ranks = [record.get(k) for k in ("rank", "local_rank", "infra_rank", "infra_local_rank")]
-        return (
+        text = (
             f"{self._milli_stamp} [{record.get('level', '?')}] [{node}] {rank_label(*ranks)} "
-            f"{record.get('file', '?')}:{record.get('line', '?')} {record.get('msg', '')}\n"
+            f"{record.get('file', '?')}:{record.get('line', '?')} {record.get('msg', '')}"
         )
+        return (_defang(text) if self.untrusted else text) + "\n"
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9, 10)} | {127: "\\x7f"}
+
+
+def _defang(text: str) -> str:
+    """Indent continuation lines and escape control characters (tabs stay)."""
+    return text.replace("\r", "").translate(_CONTROL).replace("\n", "\n    ")
 
 
 def rank_label(rank: object, local: object, infra: object, infra_local: object) -> str:

@@ -19,6 +19,7 @@ __all__ = ["Spool", "Dropped"]
 
 _SEGMENT = re.compile(r"^seg-(\d{12})\.nvs$")
 _ACKED = "acked"
+_LOST = "lost.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +55,17 @@ class Spool:
 
     # -- appending (the aggregator's thread) ----------------------------------------
 
-    def append(self, records: list, watermark: int) -> tuple[int, list[Dropped]]:
+    def append(self, records: list, watermark: int, *, count: int | None = None) -> tuple[int, list[Dropped]]:
         """Spool one batch; return its seq and any batches dropped to stay in bounds.
 
         ``watermark``: the node has now handed over every record up to this time.
+        ``count``: how many of ``records`` are the job's own (default: all).
         """
         with self._lock:
             seq = self.next_seq
             self.next_seq += 1
-            data = orjson.dumps({"b": seq, "c": watermark, "n": len(records), "r": records}) + b"\n"
+            n = len(records) if count is None else count
+            data = orjson.dumps({"b": seq, "c": watermark, "n": n, "r": records}) + b"\n"
             if self._fd < 0 or self._segments[self._current][1] >= self.segment_bytes:
                 self._roll(seq)
             view = memoryview(data)
@@ -71,7 +74,7 @@ class Spool:
             segment = self._segments[self._current]
             segment[1] += len(data)
             segment[2] = seq
-            segment[3][seq] = len(records)
+            segment[3][seq] = n
             return seq, self._enforce_limit()
 
     def _roll(self, seq: int) -> None:
@@ -168,6 +171,21 @@ class Spool:
     def pending_batches(self) -> int:
         """Batches not yet acknowledged."""
         return self.next_seq - 1 - self.acked
+
+    def load_lost(self) -> list[Dropped]:
+        """Losses not yet reported to the streamer (kept across restarts)."""
+        try:
+            with open(os.path.join(self.directory, _LOST), "rb") as f:
+                return [Dropped(*x) for x in orjson.loads(f.read())]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def save_lost(self, lost: list[Dropped]) -> None:
+        """Persist the unreported losses atomically."""
+        tmp = os.path.join(self.directory, f"{_LOST}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps([(d.first, d.last, d.records) for d in lost]))
+        os.replace(tmp, os.path.join(self.directory, _LOST))
 
     def close(self) -> None:
         """Close the open segment (the files stay for the next run)."""

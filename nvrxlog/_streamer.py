@@ -81,6 +81,7 @@ class Streamer:
         curve_clients_dir: str | None = None,
         forward_curve: CurveKeys | None = None,
         spool_max_bytes: int = 1 << 30,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         if not bind.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"bind address {bind!r} is not tcp://HOST:PORT")
@@ -94,7 +95,7 @@ class Streamer:
         self.stats: dict[str, int] = {"records": 0, "duplicates": 0, "batches": 0, "bad_frames": 0, "nodes": 0}
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
-        self._format = LineFormat(json=json)
+        self._format = LineFormat(json=json, untrusted=True)
         self._hold_ns = int(max_hold * 1e9)
         self._idle_s = idle_timeout
         self._credit_bytes = credit_bytes
@@ -103,6 +104,7 @@ class Streamer:
         self._curve_clients = curve_clients_dir
         self._forward_curve = forward_curve
         self._spool_max = spool_max_bytes
+        self._max_message = max_message_bytes
         self._forwarder: Forwarder | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -192,7 +194,7 @@ class Streamer:
         pub = context.socket(zmq.PUB)
         for sock in (router, pub):
             sock.linger = 0
-        router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        router.setsockopt(zmq.MAXMSGSIZE, self._max_message)  # a larger message drops its connection
         router.router_mandatory = False  # a vanished peer's reply is dropped, never an error
         router.sndhwm = 10000
         pub.sndhwm = 10000  # a slow `nvrxlog tail` loses lines; the streamer never waits for it

@@ -120,6 +120,11 @@ class Forwarder:
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._owner_pid = os.getpid()
+        self._lost_lock = threading.Lock()
+        self._lost = self.spool.load_lost()
+        self._loss_batch: tuple[int, int] | None = None  # (batch seq, ranges it reports)
+        self._loss_seq = 0
+        self._started_ns = time.time_ns()
 
     def start(self) -> Forwarder:
         """Start the forwarding thread."""
@@ -133,14 +138,60 @@ class Forwarder:
         """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
         for start in range(0, len(records), MAX_BATCH_RECORDS):
             _, dropped = self.spool.append(records[start : start + MAX_BATCH_RECORDS], watermark)
-            for loss in dropped:
-                self.stats["dropped"] += loss.records
-                self._notice(
-                    f"forwarding spool over its limit ({self.spool.max_bytes >> 20} MiB) while the streamer "
-                    f"did not acknowledge: batches {loss.first}-{loss.last} ({loss.records} records) were dropped "
-                    "and will not reach the streamer (the per-node file has them)"
-                )
+            if dropped:
+                self._record_loss(dropped)
         self._poke()
+
+    def _record_loss(self, dropped: list) -> None:
+        with self._lost_lock:
+            self._lost.extend(dropped)
+            self.spool.save_lost(self._lost)
+        for loss in dropped:
+            self.stats["dropped"] += loss.records
+        self._notice(
+            f"forwarding spool over its limit ({self.spool.max_bytes / (1 << 20):g} MiB) while the streamer "
+            "did not acknowledge: dropping the oldest batches; the cluster log will say which (this file has them)"
+        )
+
+    def _report_loss(self) -> None:
+        """Spool one notice stating every unreported loss; cleared only once it is acknowledged.
+
+        A loss notice is itself spooled, so it could be dropped in turn: the
+        ranges stay on record (on disk) until the streamer has acknowledged it.
+        """
+        with self._lost_lock:
+            if not self._lost or self._loss_batch is not None:
+                return
+            lost = list(self._lost)
+        ranges = ", ".join(f"batches {d.first}-{d.last} ({d.records} records)" for d in lost)
+        now = time.time_ns()
+        self._loss_seq += 1
+        record = {
+            "seq": self._loss_seq,
+            "ts": now,
+            "level": "WARNING",
+            "rank": None,
+            "local_rank": None,
+            "infra_rank": None,
+            "infra_local_rank": None,
+            "pid": os.getpid(),
+            "file": "nvrxlog",
+            "line": 0,
+            "msg": f"nvrxlog forwarder: records lost on the way to the streamer (spool limit): {ranges}",
+            "w": f"forwarder.{self._started_ns}",
+        }
+        seq, dropped = self.spool.append([record], max(self.watermark, now), count=0)
+        with self._lost_lock:
+            self._loss_batch = (seq, len(lost))
+        if dropped:
+            self._record_loss(dropped)
+
+    def _loss_acknowledged(self) -> None:
+        with self._lost_lock:
+            if self._loss_batch is not None and self.spool.acked >= self._loss_batch[0]:
+                del self._lost[: self._loss_batch[1]]
+                self._loss_batch = None
+                self.spool.save_lost(self._lost)
 
     def stop(self, timeout: float = 10.0) -> int:
         """Wait up to ``timeout`` s for every batch to be acknowledged; return records not delivered."""
@@ -236,6 +287,11 @@ class Forwarder:
                     self.stats["reconnects"] += 1
                     started = now
                     continue
+                if welcomed:
+                    self._loss_acknowledged()
+                    if self._loss_batch is not None and self._loss_batch[0] <= self.spool.acked:
+                        self._loss_batch = None
+                    self._report_loss()
                 while welcomed and in_flight_bytes < credit:
                     frames = [BATCH]
                     size = 0

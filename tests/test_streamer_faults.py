@@ -1,0 +1,239 @@
+"""The streamer under outages, load and hostile input."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+import zmq
+import zmq.auth
+from _net import aggregate_cli, assert_exactly_once, finish, free_port, json_lines, rank_env, stop_stream, stream_cli
+from conftest import start_worker, wait_for
+
+from nvrxlog import NodeAggregator, Streamer
+from nvrxlog._config import LogConfig
+from nvrxlog._handler import NodeLocalHandler
+from nvrxlog._transport import CurveKeys
+
+
+def _node_records(path: Path) -> list[dict]:
+    return [r for r in json_lines(path) if not r["msg"].startswith("nvrxlog ")]
+
+
+@pytest.mark.timeout(240)
+def test_long_outage_is_spooled_node_file_stays_current_and_all_arrives(tmp_path: Path) -> None:
+    """Streamer away while 8 ranks log 1,000 records/s: node file current, memory bounded, then everything arrives."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    tmp, logs, stop = tmp_path / "n0", tmp_path / "logs", tmp_path / "stop"
+    node_file = logs / "nvrx_log_n0.log"
+    aggregator = aggregate_cli(tmp, logs, "n0", address, stop, "--warn-after", "2")
+    count = 12_000  # 12 s at 1,000 records/s per rank
+    writers = [start_worker("--count", count, "--rate", 1000, env=rank_env(tmp, "n0", r, r)) for r in range(8)]
+    wait_for(lambda: node_file.exists() and node_file.stat().st_size > 0, what="the node file")
+    proc = psutil.Process(aggregator.pid)
+    time.sleep(2)  # the outage itself: the streamer stays away throughout
+    rss_early = proc.memory_info().rss
+    time.sleep(6)
+    rss_late = proc.memory_info().rss
+    newest = json_lines(node_file)[-1]["ts"]
+    assert time.time_ns() - newest < 2_000_000_000, "the node file must stay current while the streamer is away"
+    streamer, _ = stream_cli(tmp_path / "cluster.log", address)
+    for writer in writers:
+        assert writer.wait(timeout=60) == 0
+    stop.touch()
+    finish(aggregator, timeout=90)
+    stop_stream(streamer)
+    # ~48,000 records (~10 MB) accumulated between the two readings; none of it may sit in memory.
+    assert rss_late - rss_early < 8 << 20, f"aggregator grew {(rss_late - rss_early) >> 20} MiB during the outage"
+    expected = {("n0", r): count for r in range(8)}
+    assert_exactly_once(json_lines(tmp_path / "cluster.log"), expected)
+    assert_exactly_once(json_lines(node_file), expected)
+    warnings = [r for r in json_lines(node_file) if "has not answered" in r["msg"]]
+    assert len(warnings) == 1 and warnings[0]["level"] == "WARNING"
+
+
+@pytest.mark.timeout(180)
+def test_spool_overflow_states_exactly_which_range_was_lost(tmp_path: Path) -> None:
+    """Past the spool limit the oldest batches are dropped and a line names their range and record count."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    tmp, logs, stop = tmp_path / "n0", tmp_path / "logs", tmp_path / "stop"
+    aggregator = aggregate_cli(tmp, logs, "n0", address, stop, "--spool-max-mb", "0.5")
+    writers = [
+        start_worker("--count", 4000, "--rate", 2000, "--pad", 100, env=rank_env(tmp, "n0", r, r)) for r in range(2)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=60) == 0
+    streamer, _ = stream_cli(tmp_path / "cluster.log", address)
+    stop.touch()
+    finish(aggregator, timeout=90)
+    stop_stream(streamer)
+    node = json_lines(logs / "nvrx_log_n0.log")
+    assert len([r for r in node if r["msg"].startswith("r")]) == 8000, "the node file has everything regardless"
+    cluster = json_lines(tmp_path / "cluster.log")
+    delivered = [r for r in cluster if r["msg"].startswith("r")]
+    losses = [r["msg"] for r in cluster if "lost on the way" in r["msg"]]
+    assert losses, "the loss must be stated in the cluster file"
+    lost = sum(int(n) for m in losses for n in re.findall(r"batches \d+-\d+ \((\d+) records\)", m))
+    # Every record the node wrote (its own notices too) is in the cluster file or stated lost.
+    forwarded = [r for r in cluster if r["node"] == "n0" and not r["msg"].startswith("nvrxlog forwarder:")]
+    assert len(forwarded) + lost == len(node), "the stated loss must be exact"
+    keys = [(r["rank"], r["seq"]) for r in delivered]
+    assert len(keys) == len(set(keys)), "nothing doubled"
+
+
+@pytest.mark.timeout(240)
+def test_sixteen_nodes_flat_out_no_deadlock_all_delivered(tmp_path: Path) -> None:
+    """16 nodes send a backlog at once into one streamer process: everything arrives, nothing hangs."""
+    streamer, address = stream_cli(tmp_path / "cluster.log")
+    aggregators = []
+    for n in range(16):
+        tmp = tmp_path / f"n{n}"
+        tmp.mkdir()
+        handler = NodeLocalHandler(str(tmp), LogConfig(rank=n, local_rank=0))
+        record = logging.LogRecord("nvrx", logging.INFO, "t.py", 1, "r%d i%d", None, None)
+        for i in range(2000):
+            record.args = (n, i)
+            record.created = time.time()
+            handler.emit(record)
+        handler.close()
+        aggregators.append(NodeAggregator(str(tmp), str(tmp_path / "logs"), f"n{n}", address, drain_timeout=60))
+    for aggregator in aggregators:
+        aggregator.start()
+    for aggregator in aggregators:
+        aggregator.stop()
+        assert aggregator.stats["undelivered"] == 0
+    stop_stream(streamer)
+    assert_exactly_once(json_lines(tmp_path / "cluster.log"), {(f"n{n}", n): 2000 for n in range(16)})
+
+
+def _dealer(endpoint: str, context: zmq.Context, curve: CurveKeys | None = None) -> zmq.Socket:
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    if curve:
+        curve.apply(sock)
+    sock.connect(endpoint)
+    return sock
+
+
+def _batch(node_records: list[dict]) -> bytes:
+    return orjson.dumps({"b": 1, "c": time.time_ns(), "n": len(node_records), "r": node_records})
+
+
+def _record(msg: str, seq: int = 0, **extra: object) -> dict:
+    return {
+        "seq": seq,
+        "ts": time.time_ns(),
+        "level": "INFO",
+        "rank": 0,
+        "local_rank": 0,
+        "infra_rank": None,
+        "infra_local_rank": None,
+        "pid": 1,
+        "file": "x.py",
+        "line": 1,
+        "msg": msg,
+        "w": "evil",
+        **extra,
+    }
+
+
+@pytest.mark.timeout(60)
+def test_hostile_client_cannot_disturb_others_or_inject_paths_and_lines(tmp_path: Path) -> None:
+    """Garbage frames, oversized messages and hostile names: others keep being served, nothing stray is written."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True, max_message_bytes=1 << 20) as streamer:
+        context = zmq.Context()
+        evil = _dealer(streamer.endpoint, context)
+        evil.send_multipart([b"B", b"\xff\xfe not a batch"])  # before hello: told to reset
+        assert evil.recv_multipart() == [b"R"]
+        evil.send_multipart([b"H", orjson.dumps({"node": "../../etc/x\n[ERROR]", "v": 1})])
+        assert evil.recv_multipart()[0] == b"W"
+        evil.send_multipart([b"B", b"{not json"])
+        evil.send_multipart([b"Z"])
+        evil.send_multipart(
+            [
+                b"B",
+                _batch(
+                    [
+                        _record("hello\n2024-01-01 00:00:00,000 [ERROR] [node9] forged"),
+                        {"seq": "x"},
+                        [1, 2],
+                        _record("rel", 1, node="../../../tmp/y"),
+                    ]
+                ),
+            ]
+        )
+        big = _dealer(streamer.endpoint, context)
+        big.send_multipart([b"H", orjson.dumps({"node": "big", "v": 1})])
+        big.send_multipart([b"B", b"x" * (2 << 20)])  # over the cap: the connection is dropped
+        with NodeAggregator(str(tmp_path / "tmp"), str(tmp_path / "logs"), "good", streamer.endpoint) as good:
+            handler = NodeLocalHandler(str(tmp_path / "tmp"), LogConfig(rank=3, local_rank=0))
+            record = logging.LogRecord("nvrx", logging.INFO, "t.py", 1, "r3 i%d", None, None)
+            for i in range(500):
+                record.args = (i,)
+                record.created = time.time()
+                handler.emit(record)
+            handler.close()
+        assert good.stats["undelivered"] == 0
+        context.destroy(linger=0)
+    records = json_lines(out)
+    assert [r["msg"] for r in records if r["node"] == "good"] == [f"r3 i{i}" for i in range(500)]
+    assert {r["node"] for r in records} <= {"good", "streamer", "_._.._etc_x__ERROR_", "_._.._.._tmp_y"}
+    assert streamer.stats["bad_frames"] >= 4
+    # Names from the network never became paths: only the streamer's own files exist.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cluster.log.ckpt", "cluster.log", "logs", "tmp"]
+    text_out = tmp_path / "text.log"
+    with Streamer("tcp://127.0.0.1:0", str(text_out)) as text_streamer:
+        context = zmq.Context()
+        evil = _dealer(text_streamer.endpoint, context)
+        evil.send_multipart([b"H", orjson.dumps({"node": "n\x1b[31m", "v": 1})])
+        evil.recv_multipart()
+        evil.send_multipart([b"B", _batch([_record("hello\n2024-01-01 00:00:00,000 [ERROR] [node9] forged")])])
+        wait_for(lambda: text_streamer.stats["records"] >= 1, what="the record")
+        context.destroy(linger=0)
+    lines = text_out.read_text().splitlines()
+    assert not any(line.startswith("2024-01-01") for line in lines), "a message must not forge a line"
+    assert "\x1b" not in text_out.read_text()
+
+
+@pytest.mark.timeout(60)
+def test_curve_lets_only_allowed_clients_write(tmp_path: Path) -> None:
+    """With CURVE on, an allowed node delivers; a client with another key, or none, gets nothing written."""
+    keys = tmp_path / "keys"
+    allowed = tmp_path / "allowed"
+    keys.mkdir()
+    allowed.mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(str(keys), "server")
+    node_public, node_secret = zmq.auth.create_certificates(str(keys), "node")
+    _, stranger_secret = zmq.auth.create_certificates(str(keys), "stranger")
+    (allowed / "node.key").write_bytes(Path(node_public).read_bytes())
+    out = tmp_path / "cluster.log"
+    with Streamer(
+        "tcp://127.0.0.1:0", str(out), json=True, curve_secret_key=server_secret, curve_clients_dir=str(allowed)
+    ) as streamer:
+        context = zmq.Context()
+        for curve in (CurveKeys(server_public=server_public, client_secret=stranger_secret), None):
+            intruder = _dealer(streamer.endpoint, context, curve)
+            intruder.send_multipart([b"H", orjson.dumps({"node": "intruder", "v": 1})])
+            intruder.send_multipart([b"B", _batch([_record("intrusion")])])
+            assert not intruder.poll(500), "an unauthenticated client must get no answer"
+        context.destroy(linger=0)
+        trusted = CurveKeys(server_public=server_public, client_secret=node_secret)
+        with NodeAggregator(
+            str(tmp_path / "tmp"), str(tmp_path / "logs"), "n0", streamer.endpoint, curve=trusted
+        ) as aggregator:
+            handler = NodeLocalHandler(str(tmp_path / "tmp"), LogConfig(rank=0, local_rank=0))
+            record = logging.LogRecord("nvrx", logging.INFO, "t.py", 1, "r0 i%d", None, None)
+            for i in range(100):
+                record.args = (i,)
+                record.created = time.time()
+                handler.emit(record)
+            handler.close()
+        assert aggregator.stats["undelivered"] == 0
+    records = json_lines(out)
+    assert [r["msg"] for r in records] == [f"r0 i{i}" for i in range(100)]
