@@ -92,7 +92,14 @@ class Streamer:
         self.endpoint: str | None = None
         self.pub_endpoint: str | None = None
         self.started = threading.Event()
-        self.stats: dict[str, int] = {"records": 0, "duplicates": 0, "batches": 0, "bad_frames": 0, "nodes": 0}
+        self.stats: dict[str, int] = {
+            "records": 0,
+            "duplicates": 0,
+            "batches": 0,
+            "bad_frames": 0,
+            "nodes": 0,
+            "late": 0,
+        }
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
         self._format = LineFormat(json=json, untrusted=True)
@@ -298,6 +305,9 @@ class Streamer:
                     if old.node == node:
                         del self._sessions[other]  # a reconnect replaces the old connection
                 self._sessions[peer] = _Session(node)
+                # Until it reports a watermark, a new node holds the others back
+                # (at most max_hold): its first records may be older than theirs.
+                self._watermarks.setdefault(node, 0)
                 self.stats["nodes"] = len({s.node for s in self._sessions.values()})
                 self._seen(node)
                 # The byte budget is shared: what all nodes may have in flight
@@ -456,8 +466,10 @@ class Streamer:
         for _, key, seq, _ in ready:
             written[key] = seq
         if ready[0][0] < self._last_written_ts:
-            self.stats["late"] = self.stats.get("late", 0) + sum(1 for r in ready if r[0] < self._last_written_ts)
-        self._last_written_ts = ready[-1][0]
+            # Older than lines already written: it came from a node that lagged
+            # more than max_hold (or reached its own node late). Written, counted.
+            self.stats["late"] += sum(1 for r in ready if r[0] < self._last_written_ts)
+        self._last_written_ts = max(self._last_written_ts, ready[-1][0])
         self.stats["records"] += len(ready)
         try:
             pub.send_multipart([b"rec", orjson.dumps(records)], zmq.NOBLOCK)

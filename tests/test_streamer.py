@@ -41,10 +41,17 @@ def test_four_nodes_deliver_every_record_once_with_node_and_rank_fields(tmp_path
             aggregator.stop()
             assert aggregator.stats["undelivered"] == 0
     records = json_lines(tmp_path / "cluster.log")
+    assert streamer.stats["late"] <= len(records) // 100, "lateness is the exception, not the rule"
     assert_exactly_once(records, {(f"node{n}", n * ranks + lr): count for n in range(nodes) for lr in range(ranks)})
     assert all(r["local_rank"] == r["rank"] % ranks for r in records if r["rank"] is not None)
-    stamps = [r["ts"] for r in records]
-    assert stamps == sorted(stamps), "watermarks must keep the cluster file in time order"
+    # Watermarks keep the file in time order; the only exceptions are records from
+    # a node that lagged more than max_hold, and the streamer counts every one.
+    latest, out_of_order = 0, 0
+    for record in records:
+        out_of_order += record["ts"] < latest
+        latest = max(latest, record["ts"])
+    assert out_of_order == streamer.stats["late"]
+    print(f"records written late: {out_of_order}")
 
 
 @pytest.mark.timeout(120)
