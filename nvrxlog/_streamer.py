@@ -122,6 +122,7 @@ class Streamer:
         self._sessions: dict[bytes, _Session] = {}
         self._last_seen: dict[str, float] = {}
         self._gone: set[str] = set()
+        self._watchers: set[bytes] = set()  # topics someone subscribes to on the live socket
         self._watermarks: dict[str, int] = {}  # node -> it has sent everything up to this time
         self._written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
         self._received: dict[str, int] = {}  # the same, counting records still held for merging
@@ -198,7 +199,9 @@ class Streamer:
 
     def _sockets(self, context: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
         router = context.socket(zmq.ROUTER)
-        pub = context.socket(zmq.PUB)
+        # XPUB rather than PUB: it tells us whether anyone watches, so records
+        # are only encoded for the live view while someone does.
+        pub = context.socket(zmq.XPUB)
         for sock in (router, pub):
             sock.linger = 0
         router.setsockopt(zmq.MAXMSGSIZE, self._max_message)  # a larger message drops its connection
@@ -240,6 +243,7 @@ class Streamer:
             self.started.set()
             poller = zmq.Poller()
             poller.register(router, zmq.POLLIN)
+            poller.register(pub, zmq.POLLIN)
             poller.register(self._wake, zmq.POLLIN)
             last_flush = time.monotonic()
             while not self._stopping:
@@ -250,6 +254,9 @@ class Streamer:
                             os.eventfd_read(self._wake)
                         except BlockingIOError:
                             pass
+                        continue
+                    if item is pub:
+                        self._subscriptions(pub)
                         continue
                     for _ in range(2000):  # then flush, so acks keep flowing under load
                         try:
@@ -276,6 +283,19 @@ class Streamer:
             if self._out_fd >= 0:
                 os.close(self._out_fd)
                 self._out_fd = -1
+
+    def _subscriptions(self, pub: zmq.Socket) -> None:
+        # XPUB passes a topic's first subscription (b"\x01...") and, when its
+        # last subscriber leaves, the unsubscription (b"\x00...").
+        while True:
+            try:
+                message = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message[:1] == b"\x01":
+                self._watchers.add(message[1:])
+            elif message[:1] == b"\x00":
+                self._watchers.discard(message[1:])
 
     def _has_unacked(self) -> bool:
         return any(s.acks for s in self._sessions.values())
@@ -339,37 +359,50 @@ class Streamer:
             raise TypeError("a batch needs an int 'b', an int 'c' and a list 'r'")
         node = session.node
         written, received, pending = self._written, self._received, self._pending
+        keys: dict[object, str] = {}  # writer -> "node|writer", per batch (a batch holds few writers)
         newest = -1
         bad = 0
+        duplicates = 0
         for record in records:
             try:
                 rseq = record["seq"]
                 ts = record["ts"]
                 if type(rseq) is not int or type(ts) is not int:
                     raise TypeError
-                rnode = record.get("node")
-                rnode = node if rnode is None else self._name(rnode)
-                key = f"{rnode}|{str(record.get('w', '?'))[:200]}"
+                writer = record.get("w", "?")
+                key = keys.get(writer) if "node" not in record else None
+                if key is None:
+                    key = self._record_key(record, node, writer)
+                    if "node" not in record:
+                        keys[writer] = key
             except (KeyError, TypeError, AttributeError):
                 bad += 1
                 continue
-            if rseq <= written.get(key, -1):
-                self.stats["duplicates"] += 1
-                continue  # already in the file
-            if ts > newest:
-                newest = ts
-            if rseq <= received.get(key, -1):
-                self.stats["duplicates"] += 1
-                continue  # held for merging already; its ack waits for it
-            received[key] = rseq
-            record["node"] = rnode
-            pending.append((ts, key, rseq, record))
+            if rseq > received.get(key, -1):  # the common case: new
+                received[key] = rseq
+                if ts > newest:
+                    newest = ts
+                if "node" not in record:
+                    record["node"] = node
+                pending.append((ts, key, rseq, record))
+                continue
+            duplicates += 1
+            if rseq > written.get(key, -1) and ts > newest:
+                newest = ts  # held for merging already: its ack waits for it
+        self.stats["duplicates"] += duplicates
         self.stats["batches"] += 1
         session.acks.append((seq, newest))
         self._advance(node, watermark)
         if bad:
             self.stats["bad_frames"] += bad
             self._notice(f"dropped {bad} malformed record(s) in a batch from {node}")
+
+    def _record_key(self, record: dict, node: str, writer: object) -> str:
+        """``node|writer`` for de-duplication; relayed records name their own node."""
+        raw = record.get("node")
+        if raw is not None:
+            record["node"] = node = self._name(raw)
+        return f"{node}|{str(writer)[:200]}"
 
     def _advance(self, node: str, watermark: int) -> None:
         if watermark > self._watermarks.get(node, 0):
@@ -471,10 +504,11 @@ class Streamer:
             self.stats["late"] += sum(1 for r in ready if r[0] < self._last_written_ts)
         self._last_written_ts = max(self._last_written_ts, ready[-1][0])
         self.stats["records"] += len(ready)
-        try:
-            pub.send_multipart([b"rec", orjson.dumps(records)], zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # no subscriber keeps up: live view only, the file has everything
+        if self._watchers:
+            try:
+                pub.send_multipart([b"rec", orjson.dumps(records)], zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # no subscriber keeps up: live view only, the file has everything
         if self._forwarder is not None:
             self._forwarder.submit(records, watermark)
 

@@ -100,6 +100,7 @@ class Forwarder:
         liveness: float = 5.0,
         notice: Notice | None = None,
         curve: CurveKeys | None = None,
+        context: zmq.Context | None = None,
     ) -> None:
         if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
             raise ConfigError(f"streamer address {endpoint!r} is not tcp://HOST:PORT")
@@ -110,6 +111,8 @@ class Forwarder:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.curve = curve
+        # A context may be shared (it is thread-safe); each socket stays in one thread.
+        self._context = context
         self.welcomed = threading.Event()
         #: Every record up to this time (ns) has been submitted; set by the producer.
         self.watermark = 0
@@ -248,7 +251,7 @@ class Forwarder:
         return sock
 
     def _run(self) -> None:
-        context = zmq.Context()
+        context = self._context or zmq.Context()
         sock = self._socket(context)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -355,7 +358,8 @@ class Forwarder:
             self._notice(f"forwarding stopped after an unexpected error: {exc!r}")
         finally:
             sock.close(linger=0)
-            context.term()
+            if self._context is None:
+                context.term()
 
 
 def _try_send(sock: zmq.Socket, frames: list[bytes]) -> bool:

@@ -1,0 +1,273 @@
+"""How much can one streamer take, how far does it scale, how fresh are its lines?
+
+- Ingest: 16 simulated nodes (forwarders in another process, spools filled in
+  advance) send flat out into one streamer; records/s against a bare ROUTER
+  that only receives the same messages, measured in the same run.
+- Scale: 512 simulated nodes (DEALER sockets in a few processes) into one
+  streamer process: all delivered? peak RSS of the streamer.
+- Latency: 8 ranks log 1,000 records/s each through an aggregator to a
+  streamer: p50/p99 from logger.info() to the per-node file and to the
+  cluster file (seen on the streamer's live PUB socket right after the write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import orjson
+import psutil
+import zmq
+
+from benchmarks._table import machine, table
+from nvrxlog import NodeAggregator, Streamer
+from nvrxlog._spool import Spool
+from nvrxlog._transport import Forwarder
+
+_RECORD = {
+    "seq": 0,
+    "ts": 0,
+    "level": "INFO",
+    "rank": 0,
+    "local_rank": 0,
+    "infra_rank": 0,
+    "infra_local_rank": 0,
+    "pid": 4242,
+    "file": "train.py",
+    "line": 42,
+    "msg": "step 1234 loss 0.1234 lr 3.00e-04",
+    "w": "w0",
+}
+
+
+def fill_spools(root: str, nodes: int, per_node: int, batch: int = 1000) -> None:
+    """Write ``per_node`` records per simulated node into its spool, in batches."""
+    now = time.time_ns()
+    for n in range(nodes):
+        spool = Spool(os.path.join(root, f"spool{n}"))
+        for start in range(0, per_node, batch):
+            records = [dict(_RECORD, seq=i, ts=now + i * 1000, rank=n) for i in range(start, start + batch)]
+            spool.append(records, now + (start + batch) * 1000)
+        spool.close()
+
+
+def _senders_main(endpoint: str, root: str, first: int, count: int, timeout: float) -> None:
+    """In a child process: one forwarder per spool, all sharing one context."""
+    context = zmq.Context()
+    forwarders = [
+        Forwarder(endpoint, f"node{n}", os.path.join(root, f"spool{n}"), context=context).start()
+        for n in range(first, first + count)
+    ]
+    for forwarder in forwarders:
+        forwarder.stop(timeout)
+    context.term()
+
+
+def _start_senders(endpoint: str, root: str, nodes: int, processes: int, timeout: float) -> list[subprocess.Popen]:
+    per = -(-nodes // processes)
+    procs = []
+    for first in range(0, nodes, per):
+        code = (
+            f"from benchmarks.bench_streamer import _senders_main; "
+            f"_senders_main({endpoint!r}, {root!r}, {first}, {min(per, nodes - first)}, {timeout})"
+        )
+        procs.append(subprocess.Popen([sys.executable, "-c", code]))
+    return procs
+
+
+def bare_router(root: str, nodes: int, total: int) -> float:
+    """Records/s through a ROUTER that acks but neither decodes nor writes (the transport's ceiling)."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    endpoint = router.bind_to_random_port("tcp://127.0.0.1")
+    procs = _start_senders(f"tcp://127.0.0.1:{endpoint}", root, nodes, 2, 60)
+    received = 0
+    start = None
+    while received < total:
+        peer, kind, *payload = router.recv_multipart()
+        if kind == b"H":
+            router.send_multipart([peer, b"W", orjson.dumps({"credit": 8 << 20})])
+        elif kind == b"B":
+            start = start or time.perf_counter()
+            for line in payload:
+                received += int(line[line.index(b'"n":') + 4 : line.index(b",", line.index(b'"n":'))])
+            last = int(payload[-1][5 : payload[-1].index(b",")])
+            router.send_multipart([peer, b"A", orjson.dumps({"acked": last})])
+        elif kind == b"P":
+            router.send_multipart([peer, b"P"])
+    elapsed = time.perf_counter() - start
+    for proc in procs:
+        proc.wait(60)
+    context.destroy(linger=0)
+    return total / elapsed
+
+
+def ingest(work: str, nodes: int, per_node: int) -> dict[str, float]:
+    """Records/s into one streamer from ``nodes`` flat-out nodes, and the bare ceiling."""
+    total = nodes * per_node
+    fill_spools(os.path.join(work, "a"), nodes, per_node)
+    shutil.copytree(os.path.join(work, "a"), os.path.join(work, "b"))
+    ceiling = bare_router(os.path.join(work, "b"), nodes, total)
+    with Streamer("tcp://127.0.0.1:0", os.path.join(work, "cluster.log")) as streamer:
+        procs = _start_senders(streamer.endpoint, os.path.join(work, "a"), nodes, 2, 120)
+        while streamer.stats["batches"] == 0:
+            time.sleep(0.0005)  # the benchmark's clock starts at the first batch received
+        start = time.perf_counter()
+        deadline = time.monotonic() + 300
+        while streamer.stats["records"] < total and time.monotonic() < deadline:
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - start
+        for proc in procs:
+            proc.wait(120)
+        delivered = streamer.stats["records"]
+    return {"records": total, "delivered": delivered, "rate": delivered / elapsed, "ceiling": ceiling}
+
+
+def scale(work: str, nodes: int, per_node: int) -> dict[str, float]:
+    """``nodes`` simulated nodes into one streamer process: delivered count and peak RSS."""
+    root = os.path.join(work, "scale")
+    fill_spools(root, nodes, per_node, batch=per_node)
+    out = os.path.join(work, "scale.log")
+    streamer = subprocess.Popen(
+        [sys.executable, "-m", "nvrxlog", "stream", "--bind", "tcp://127.0.0.1:0", "--out", out],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    endpoint = streamer.stdout.readline().split("listening on ")[1].split(",")[0]
+    proc = psutil.Process(streamer.pid)
+    peak = proc.memory_info().rss
+    start = time.perf_counter()
+    senders = _start_senders(endpoint, root, nodes, 8, 120)
+    while any(s.poll() is None for s in senders):
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    streamer.terminate()
+    streamer.wait(60)
+    with open(out, "rb") as f:
+        delivered = sum(1 for _ in f)
+    return {
+        "nodes": nodes,
+        "records": nodes * per_node,
+        "delivered": delivered,
+        "peak_rss_mb": peak / 2**20,
+        "seconds": elapsed,
+    }
+
+
+_RANK = """
+import os, sys, time
+from nvrxlog import setup_logger
+log = setup_logger()
+rate, count = float(sys.argv[1]), int(sys.argv[2])
+next_at = time.monotonic()
+for i in range(count):
+    log.info("t=%d", time.time_ns())
+    next_at += 1.0 / rate
+    delay = next_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+"""
+
+
+def latency(work: str, ranks: int, rate: float, seconds: float) -> dict[str, float]:
+    """p50/p99 seconds from logger.info() to the per-node file and to the cluster file."""
+    tmp, logs = os.path.join(work, "lat-tmp"), os.path.join(work, "lat-logs")
+    node_file = os.path.join(logs, "nvrx_log_lat.log")
+    cluster, node = [], []
+    with Streamer("tcp://127.0.0.1:0", os.path.join(work, "lat-cluster.log")) as streamer:
+        context = zmq.Context()
+        sub = context.socket(zmq.SUB)
+        sub.connect(streamer.pub_endpoint)
+        sub.subscribe(b"rec")
+        time.sleep(0.5)  # let the subscription reach the PUB socket before measuring
+        with NodeAggregator(tmp, logs, "lat", streamer.endpoint):
+            env = dict(os.environ, NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external")
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-c", _RANK, str(rate), str(int(rate * seconds))],
+                    env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                )
+                for r in range(ranks)
+            ]
+            offset = 0
+            while any(p.poll() is None for p in procs):
+                if sub.poll(5):
+                    now = time.time_ns()
+                    for record in orjson.loads(sub.recv_multipart()[1]):
+                        if record["msg"].startswith("t="):
+                            cluster.append(now - int(record["msg"][2:]))
+                if os.path.exists(node_file):
+                    with open(node_file, "rb") as f:
+                        f.seek(offset)
+                        data = f.read()
+                    cut = data.rfind(b"\n") + 1
+                    offset += cut
+                    now = time.time_ns()
+                    for line in data[:cut].splitlines():
+                        at = line.rfind(b" t=")
+                        if at > 0:
+                            node.append(now - int(line[at + 3 :]))
+        context.destroy(linger=0)
+
+    def pct(values: list[int], q: float) -> float:
+        values = sorted(values)
+        return values[min(len(values) - 1, int(q * len(values)))] / 1e9 if values else float("nan")
+
+    return {
+        "node_p50": pct(node, 0.5),
+        "node_p99": pct(node, 0.99),
+        "cluster_p50": pct(cluster, 0.5),
+        "cluster_p99": pct(cluster, 0.99),
+        "samples": len(cluster),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="nvrxlog-bench-stream-")
+    try:
+        got = ingest(work, 16, 10_000 if args.quick else 40_000)
+        big = scale(work, 128 if args.quick else 512, 200)
+        lat = latency(work, 8, 1000, 5 if args.quick else 15)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"streamer ({machine()})")
+    print(
+        table(
+            ["measure", "value", "vs baseline"],
+            [
+                [
+                    f"ingest, 16 nodes flat out, {got['records']:,} records",
+                    f"{got['rate']:,.0f} rec/s",
+                    f"{got['rate'] / got['ceiling']:.2f}x bare ROUTER ({got['ceiling']:,.0f} rec/s)",
+                ],
+                [
+                    f"scale: {big['nodes']} nodes x 200 records",
+                    f"{big['delivered']:,}/{big['records']:,} delivered in {big['seconds']:.1f}s",
+                    f"peak streamer RSS {big['peak_rss_mb']:.0f} MiB",
+                ],
+                [
+                    "latency to per-node file, 8 ranks x 1,000 rec/s",
+                    f"p50 {lat['node_p50'] * 1e3:.0f} ms",
+                    f"p99 {lat['node_p99'] * 1e3:.0f} ms",
+                ],
+                [
+                    "latency to cluster file (live PUB)",
+                    f"p50 {lat['cluster_p50'] * 1e3:.0f} ms",
+                    f"p99 {lat['cluster_p99'] * 1e3:.0f} ms ({lat['samples']:,} samples)",
+                ],
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
