@@ -13,13 +13,13 @@ from collections import Counter, deque
 from operator import itemgetter
 from types import TracebackType
 
-from ._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ._checkpoint import Checkpoint, load_checkpoint, open_output, save_checkpoint
 from ._config import DEFAULT_LOG_DIR, LogConfig, sanitize_name
 from ._exceptions import AggregatorBusyError, LifecycleError, NvrxLogError, TmpDirError
 from ._format import LineFormat
 from ._handler import LOCK_NAME
 from ._message import describe
-from ._record import WriterId, parse_file_name
+from ._record import WriterId, notice_record, parse_file_name
 from ._report import ErrorCounter
 from ._tail import WriterTail, writer_is_dead
 from ._tmpdir import prepare_tmp_dir
@@ -223,13 +223,8 @@ class NodeAggregator:
             self._notice(problem)
         self._ckpt = ckpt
         try:
-            self._out_fd = os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-            size = os.fstat(self._out_fd).st_size
-            if ckpt.out == self.out_path and size > ckpt.out_size:
-                # Written after the last checkpoint by an aggregator that died:
-                # those records are re-read and written again, so cut them here.
-                os.ftruncate(self._out_fd, ckpt.out_size)
-                self.stats["recovered_bytes_cut"] += size - ckpt.out_size
+            self._out_fd, cut = open_output(self.out_path, ckpt)
+            self.stats["recovered_bytes_cut"] += cut
         except OSError as exc:
             raise TmpDirError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc
 
@@ -440,19 +435,7 @@ class NodeAggregator:
                     ts,
                     -1,
                     self._notice_seq,
-                    {
-                        "seq": self._notice_seq,
-                        "ts": ts,
-                        "level": "WARNING",
-                        "rank": None,
-                        "local_rank": None,
-                        "infra_rank": None,
-                        "infra_local_rank": None,
-                        "pid": os.getpid(),
-                        "file": "nvrxlog",
-                        "line": 0,
-                        "msg": f"nvrxlog aggregator: {text}",
-                    },
+                    notice_record(self._notice_seq, ts, f"nvrxlog aggregator: {text}"),
                 )
             )
         self._pending.sort()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "load_checkpoint", "open_output", "save_checkpoint"]
 
 _VERSION = 1
 
@@ -65,3 +65,22 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def open_output(path: str, checkpoint: Checkpoint) -> tuple[int, int]:
+    """Open the output ``path`` for appending, cut back to what ``checkpoint`` covers.
+
+    Bytes past the checkpoint were written by a process that died before it
+    could checkpoint them; they are produced again, so keeping them would write
+    them twice. Returns ``(fd, bytes cut)``; raises ``OSError``.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        cut = size - checkpoint.out_size if checkpoint.out == path and size > checkpoint.out_size else 0
+        if cut:
+            os.ftruncate(fd, checkpoint.out_size)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, cut

@@ -13,12 +13,13 @@ written (or left half written by a writer that died). Keys:
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["WriterId", "decode_lines", "file_name", "parse_file_name"]
+__all__ = ["WriterId", "decode_lines", "file_name", "notice_record", "parse_file_name"]
 
 SUFFIX = ".jsonl"
 _NAME = re.compile(
@@ -83,3 +84,21 @@ def decode_lines(lines: list[bytes]) -> tuple[list, list[bytes]]:
         except orjson.JSONDecodeError:
             bad.append(line)
     return good, bad
+
+
+def notice_record(seq: int, ts: int, text: str, level: str = "WARNING", **extra: object) -> dict:
+    """A record nvrxlog itself writes into the outputs (a loss, a gap, a node gone)."""
+    return {
+        "seq": seq,
+        "ts": ts,
+        "level": level,
+        "rank": None,
+        "local_rank": None,
+        "infra_rank": None,
+        "infra_local_rank": None,
+        "pid": os.getpid(),
+        "file": "nvrxlog",
+        "line": 0,
+        "msg": text,
+        **extra,
+    }

@@ -20,10 +20,11 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from ._checkpoint import load_checkpoint, save_checkpoint
+from ._checkpoint import load_checkpoint, open_output, save_checkpoint
 from ._config import sanitize_name
 from ._exceptions import ConfigError, LifecycleError, TransportError
 from ._format import LineFormat
+from ._record import notice_record
 from ._report import ErrorCounter
 from ._transport import (
     ACK,
@@ -38,6 +39,7 @@ from ._transport import (
     CurveKeys,
     Forwarder,
 )
+from ._wakeup import Wakeup
 
 __all__ = ["Streamer"]
 
@@ -116,7 +118,7 @@ class Streamer:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failure: BaseException | None = None
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake = Wakeup()
         self._start_ns = time.time_ns()
         self._notice_seq = 0
         self._sessions: dict[bytes, _Session] = {}
@@ -161,7 +163,7 @@ class Streamer:
         if self._thread is None:
             return
         self._stopping = True
-        os.eventfd_write(self._wake, 1)
+        self._wake.poke()
         self._thread.join(timeout)
         if self._forwarder is not None:
             undelivered = self._forwarder.stop(timeout)
@@ -181,12 +183,7 @@ class Streamer:
         ckpt, problem = load_checkpoint(self.checkpoint_path)
         self._ckpt = ckpt
         try:
-            self._out_fd = os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-            size = os.fstat(self._out_fd).st_size
-            if ckpt.out == self.out_path and size > ckpt.out_size:
-                # Written after the last checkpoint, never acknowledged: the
-                # nodes resend it, so cut it here rather than write it twice.
-                os.ftruncate(self._out_fd, ckpt.out_size)
+            self._out_fd, _ = open_output(self.out_path, ckpt)
         except OSError as exc:
             raise TransportError(f"cannot open {self.out_path}: {exc.strerror}") from exc
         if ckpt.out == self.out_path:
@@ -249,11 +246,8 @@ class Streamer:
             while not self._stopping:
                 wait = max(0.0, self._ckpt_s - (time.monotonic() - last_flush))
                 for item, _ in poller.poll(wait * 1000 if self._pending or self._has_unacked() else 1000):
-                    if item == self._wake:
-                        try:
-                            os.eventfd_read(self._wake)
-                        except BlockingIOError:
-                            pass
+                    if item is self._wake:
+                        self._wake.drain()
                         continue
                     if item is pub:
                         self._subscriptions(pub)
@@ -440,21 +434,9 @@ class Streamer:
         self._notice_seq += 1
         ts = time.time_ns()
         key = f"{self.name}|streamer.{self._start_ns}"
-        record = {
-            "seq": self._notice_seq,
-            "ts": ts,
-            "level": level,
-            "rank": None,
-            "local_rank": None,
-            "infra_rank": None,
-            "infra_local_rank": None,
-            "pid": os.getpid(),
-            "file": "nvrxlog",
-            "line": 0,
-            "msg": f"nvrxlog streamer: {text}",
-            "node": self.name,
-            "w": f"streamer.{self._start_ns}",
-        }
+        record = notice_record(
+            self._notice_seq, ts, f"nvrxlog streamer: {text}", level, node=self.name, w=f"streamer.{self._start_ns}"
+        )
         self._received[key] = self._notice_seq
         self._pending.append((ts, key, self._notice_seq, record))
 

@@ -41,7 +41,9 @@ import zmq
 import zmq.auth
 
 from ._exceptions import ConfigError, LifecycleError, TransportError
+from ._record import notice_record
 from ._spool import Spool
+from ._wakeup import Wakeup
 
 __all__ = ["Forwarder", "CurveKeys", "HELLO", "BATCH", "PING", "TAIL", "WELCOME", "ACK", "RESET", "INFO"]
 
@@ -118,7 +120,7 @@ class Forwarder:
         self.watermark = 0
         self.stats: dict[str, int] = {"sent": 0, "acked_batches": 0, "resets": 0, "reconnects": 0, "dropped": 0}
         self._notice = notice or (lambda text: None)
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake = Wakeup()
         self._stopping = False
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
@@ -143,7 +145,7 @@ class Forwarder:
             _, dropped = self.spool.append(records[start : start + MAX_BATCH_RECORDS], watermark)
             if dropped:
                 self._record_loss(dropped)
-        self._poke()
+        self._wake.poke()
 
     def _record_loss(self, dropped: list) -> None:
         with self._lost_lock:
@@ -169,20 +171,12 @@ class Forwarder:
         ranges = ", ".join(f"batches {d.first}-{d.last} ({d.records} records)" for d in lost)
         now = time.time_ns()
         self._loss_seq += 1
-        record = {
-            "seq": self._loss_seq,
-            "ts": now,
-            "level": "WARNING",
-            "rank": None,
-            "local_rank": None,
-            "infra_rank": None,
-            "infra_local_rank": None,
-            "pid": os.getpid(),
-            "file": "nvrxlog",
-            "line": 0,
-            "msg": f"nvrxlog forwarder: records lost on the way to the streamer (spool limit): {ranges}",
-            "w": f"forwarder.{self._started_ns}",
-        }
+        record = notice_record(
+            self._loss_seq,
+            now,
+            f"nvrxlog forwarder: records lost on the way to the streamer (spool limit): {ranges}",
+            w=f"forwarder.{self._started_ns}",
+        )
         seq, dropped = self.spool.append([record], max(self.watermark, now), count=0)
         with self._lost_lock:
             self._loss_batch = (seq, len(lost))
@@ -202,7 +196,7 @@ class Forwarder:
             return 0
         self._stop_deadline = time.monotonic() + timeout
         self._stopping = True
-        self._poke()
+        self._wake.poke()
         self._thread.join(timeout + 5)
         undelivered = self.spool.unacked
         self.spool.close()
@@ -229,7 +223,7 @@ class Forwarder:
 
     def _poke(self) -> None:
         try:
-            os.eventfd_write(self._wake, 1)
+            self._wake.poke()
         except OSError:
             pass  # the counter is saturated: the thread is awake anyway
 
@@ -331,11 +325,8 @@ class Forwarder:
                     last_sent = now
                 timeout = _WATERMARK_EVERY if welcomed else min(0.25, self.heartbeat)
                 for item, _ in poller.poll(timeout * 1000):
-                    if item == self._wake:
-                        try:
-                            os.eventfd_read(self._wake)
-                        except BlockingIOError:
-                            pass
+                    if item is self._wake:
+                        self._wake.drain()
                         continue
                     while True:
                         try:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import orjson
 from conftest import child_env
 
@@ -67,27 +68,17 @@ def stream_cli(out: Path, bind: str = "tcp://127.0.0.1:0", *extra: str) -> tuple
 
 
 def aggregate_cli(tmp: Path, logs: Path, node: str, streamer: str, stop_file: Path, *extra: str) -> subprocess.Popen:
-    """Start `nvrxlog aggregate` forwarding to ``streamer``."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nvrxlog",
-            "aggregate",
-            "--tmp-dir",
-            str(tmp),
-            "--log-dir",
-            str(logs),
-            "--node-id",
-            node,
-            "--streamer",
-            streamer,
-            "--wait-file",
-            str(stop_file),
-            "--json",
-            *extra,
-        ],
-        env=child_env(),
+    """Start `nvrxlog aggregate` forwarding to ``streamer`` in JSON, until ``stop_file`` exists."""
+    return conftest.aggregate_cli(
+        tmp,
+        logs,
+        node,
+        "--streamer",
+        streamer,
+        "--wait-file",
+        str(stop_file),
+        "--json",
+        *extra,
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -86,3 +86,36 @@ def parse_text_records(path: Path) -> list[dict]:
             assert records, f"continuation line before any record: {raw!r}"
             records[-1]["msg"] += "\n" + raw
     return records
+
+
+def aggregate_cli(tmp: Path, logs: Path, node: str, *extra: str, **popen: object) -> subprocess.Popen:
+    """Start the `nvrxlog aggregate` service (extra arguments passed on)."""
+    command = [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs)]
+    return subprocess.Popen([*command, "--node-id", node, *extra], env=child_env(), **popen)
+
+
+def raw_record(seq: int, msg: str, **extra: object) -> dict:
+    """A record as a writer puts it in a temp file (or a node in a batch)."""
+    return {
+        "seq": seq,
+        "ts": time.time_ns(),
+        "level": "INFO",
+        "rank": 0,
+        "local_rank": 0,
+        "infra_rank": None,
+        "infra_local_rank": None,
+        "pid": os.getpid(),
+        "file": "t.py",
+        "line": 1,
+        "msg": msg,
+        **extra,
+    }
+
+
+def emit(handlers: list, msgs: list[str] | str, level: int = logging.INFO) -> None:
+    """Log each message through each in-process handler, as ranks would."""
+    for msg in [msgs] if isinstance(msgs, str) else msgs:
+        record = logging.LogRecord("nvrx", level, "train.py", 7, msg, None, None)
+        for handler in handlers:
+            record.created = time.time()
+            handler.emit(record)

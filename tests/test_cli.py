@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import child_env, parse_text_records, run_worker, wait_for
+from conftest import aggregate_cli, child_env, parse_text_records, run_worker, wait_for
 
 
 def _nvrxlog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -39,22 +39,7 @@ def test_bad_arguments_exit_nonzero_with_one_line(args: list[str]) -> None:
 def test_aggregate_service_drains_and_exits_zero_on_sigterm(tmp_path: Path) -> None:
     """`nvrxlog aggregate` writes what ranks logged and, on SIGTERM, drains and exits 0."""
     tmp, logs = tmp_path / "tmp", tmp_path / "logs"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nvrxlog",
-            "aggregate",
-            "--tmp-dir",
-            str(tmp),
-            "--log-dir",
-            str(logs),
-            "--node-id",
-            "svc",
-            "--json",
-        ],
-        env=child_env(),
-    )
+    proc = aggregate_cli(tmp, logs, "svc", "--json")
     wait_for(lambda: (tmp / ".nvrx-aggregator.lock").exists(), what="the service to take its lock")
     result = run_worker(
         "--count", 100, env=child_env(NVRX_NODE_LOCAL_TMPDIR=tmp, RANK=0, LOCAL_RANK=0, NVRX_LOG_AGGREGATOR="external")

@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 from _net import assert_exactly_once, json_lines
-from conftest import child_env, wait_for
+from conftest import child_env, emit, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog._config import LogConfig
 from nvrxlog._handler import NodeLocalHandler
 from nvrxlog._view import compact_ranks, parse_ranks
-
-
-def _log(handlers: list[NodeLocalHandler], msg: str, level: int = logging.INFO) -> None:
-    record = logging.LogRecord("nvrx", level, "train.py", 7, msg, None, None)
-    for handler in handlers:
-        record.created = time.time()
-        handler.emit(record)
 
 
 def _tail(endpoint: str, *args: str) -> subprocess.Popen:
@@ -55,8 +48,8 @@ def test_tail_filters_by_rank_and_level_and_folds_repeats(tmp_path: Path) -> Non
             deadline = time.monotonic() + 30
             epoch = 0
             while (filtered.poll() is None or folded.poll() is None) and time.monotonic() < deadline:
-                _log(handlers, f"epoch {epoch} done")
-                _log(handlers, f"loss spike at epoch {epoch}", logging.WARNING)
+                emit(handlers, f"epoch {epoch} done")
+                emit(handlers, f"loss spike at epoch {epoch}", logging.WARNING)
                 epoch += 1
                 time.sleep(0.2)  # pacing the simulated training, not synchronisation
         for handler in handlers:
@@ -82,7 +75,7 @@ def test_relay_passes_everything_upward_exactly_once(tmp_path: Path) -> None:
                 handler = NodeLocalHandler(str(tmp), LogConfig(rank=n, local_rank=0))
                 with NodeAggregator(str(tmp), str(tmp_path / "logs"), f"n{n}", relay.endpoint):
                     for i in range(1000):
-                        _log([handler], f"r{n} i{i}")
+                        emit([handler], f"r{n} i{i}")
                 handler.close()
         assert relay.stats["undelivered"] == 0
     expected = {("n0", 0): 1000, ("n1", 1): 1000}
@@ -99,10 +92,10 @@ def test_silent_node_is_marked_gone_and_welcomed_back(tmp_path: Path) -> None:
     handler = NodeLocalHandler(str(tmp), LogConfig(rank=0, local_rank=0))
     with Streamer("tcp://127.0.0.1:0", str(out), json=True, idle_timeout=1.0) as streamer:
         with NodeAggregator(str(tmp), str(tmp_path / "logs"), "n0", streamer.endpoint):
-            _log([handler], "before going quiet")  # stop() waits for its acknowledgement
+            emit([handler], "before going quiet")  # stop() waits for its acknowledgement
         wait_for(lambda: "marked gone" in out.read_text(), what="the gone line")
         with NodeAggregator(str(tmp), str(tmp_path / "logs"), "n0", streamer.endpoint):
-            _log([handler], "back again")
+            emit([handler], "back again")
         wait_for(lambda: "node n0 is back" in out.read_text(), what="the back line")
     handler.close()
     msgs = [r["msg"] for r in json_lines(out)]

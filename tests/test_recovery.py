@@ -11,30 +11,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import child_env, parse_text_records, start_worker, wait_for
+from conftest import aggregate_cli, child_env, parse_text_records, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator
 from nvrxlog._record import WriterId, file_name
 
 
 def _aggregate_cli(tmp: Path, logs: Path, wait_file: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nvrxlog",
-            "aggregate",
-            "--tmp-dir",
-            str(tmp),
-            "--log-dir",
-            str(logs),
-            "--node-id",
-            "n1",
-            "--wait-file",
-            str(wait_file),
-        ],
-        env=child_env(),
-    )
+    return aggregate_cli(tmp, logs, "n1", "--wait-file", str(wait_file))
 
 
 @pytest.mark.timeout(180)
@@ -83,24 +67,7 @@ def test_kill_9_of_the_aggregator_under_load_loses_and_doubles_nothing(tmp_path:
 
 
 def _record(seq: int, msg: str) -> bytes:
-    return (
-        orjson.dumps(
-            {
-                "seq": seq,
-                "ts": time.time_ns(),
-                "level": "INFO",
-                "rank": 0,
-                "local_rank": 0,
-                "infra_rank": None,
-                "infra_local_rank": None,
-                "pid": os.getpid(),
-                "file": "t.py",
-                "line": 1,
-                "msg": msg,
-            }
-        )
-        + b"\n"
-    )
+    return orjson.dumps(raw_record(seq, msg)) + b"\n"
 
 
 def _messages(logs: Path) -> list[str]:

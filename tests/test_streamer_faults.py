@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import zmq
 import zmq.auth
 from _net import aggregate_cli, assert_exactly_once, finish, free_port, json_lines, rank_env, stop_stream, stream_cli
-from conftest import start_worker, wait_for
+from conftest import emit, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog._config import LogConfig
@@ -95,11 +94,7 @@ def test_sixteen_nodes_flat_out_no_deadlock_all_delivered(tmp_path: Path) -> Non
         tmp = tmp_path / f"n{n}"
         tmp.mkdir()
         handler = NodeLocalHandler(str(tmp), LogConfig(rank=n, local_rank=0))
-        record = logging.LogRecord("nvrx", logging.INFO, "t.py", 1, "r%d i%d", None, None)
-        for i in range(2000):
-            record.args = (n, i)
-            record.created = time.time()
-            handler.emit(record)
+        emit([handler], [f"r{n} i{i}" for i in range(2000)])
         handler.close()
         aggregators.append(NodeAggregator(str(tmp), str(tmp_path / "logs"), f"n{n}", address, drain_timeout=60))
     for aggregator in aggregators:
@@ -125,21 +120,7 @@ def _batch(node_records: list[dict]) -> bytes:
 
 
 def _record(msg: str, seq: int = 0, **extra: object) -> dict:
-    return {
-        "seq": seq,
-        "ts": time.time_ns(),
-        "level": "INFO",
-        "rank": 0,
-        "local_rank": 0,
-        "infra_rank": None,
-        "infra_local_rank": None,
-        "pid": 1,
-        "file": "x.py",
-        "line": 1,
-        "msg": msg,
-        "w": "evil",
-        **extra,
-    }
+    return raw_record(seq, msg, w="evil", **extra)
 
 
 @pytest.mark.timeout(60)
@@ -173,11 +154,7 @@ def test_hostile_client_cannot_disturb_others_or_inject_paths_and_lines(tmp_path
         big.send_multipart([b"B", b"x" * (2 << 20)])  # over the cap: the connection is dropped
         with NodeAggregator(str(tmp_path / "tmp"), str(tmp_path / "logs"), "good", streamer.endpoint) as good:
             handler = NodeLocalHandler(str(tmp_path / "tmp"), LogConfig(rank=3, local_rank=0))
-            record = logging.LogRecord("nvrx", logging.INFO, "t.py", 1, "r3 i%d", None, None)
-            for i in range(500):
-                record.args = (i,)
-                record.created = time.time()
-                handler.emit(record)
+            emit([handler], [f"r3 i{i}" for i in range(500)])
             handler.close()
         assert good.stats["undelivered"] == 0
         context.destroy(linger=0)
@@ -228,11 +205,7 @@ def test_curve_lets_only_allowed_clients_write(tmp_path: Path) -> None:
             str(tmp_path / "tmp"), str(tmp_path / "logs"), "n0", streamer.endpoint, curve=trusted
         ) as aggregator:
             handler = NodeLocalHandler(str(tmp_path / "tmp"), LogConfig(rank=0, local_rank=0))
-            record = logging.LogRecord("nvrx", logging.INFO, "t.py", 1, "r0 i%d", None, None)
-            for i in range(100):
-                record.args = (i,)
-                record.created = time.time()
-                handler.emit(record)
+            emit([handler], [f"r0 i{i}" for i in range(100)])
             handler.close()
         assert aggregator.stats["undelivered"] == 0
     records = json_lines(out)
