@@ -33,6 +33,7 @@ from ._transport import (
     INFO,
     MAX_MESSAGE_BYTES,
     PING,
+    QUIT,
     RESET,
     TAIL,
     WELCOME,
@@ -328,6 +329,12 @@ class Streamer:
                 # at once bounds what the streamer holds.
                 credit = max(256 << 10, min(8 << 20, self._credit_bytes // max(1, len(self._sessions))))
                 router.send_multipart([peer, WELCOME, orjson.dumps({"credit": credit})], zmq.NOBLOCK)
+            elif kind == QUIT and session is not None:
+                # Finished cleanly: no more records, so it holds nobody back and is not "gone".
+                del self._sessions[peer]
+                self._watermarks.pop(session.node, None)
+                self._last_seen.pop(session.node, None)
+                self._notice(f"node {session.node} finished", level="INFO")
             elif kind == TAIL:
                 router.send_multipart([peer, INFO, orjson.dumps({"pub": self.pub_endpoint})], zmq.NOBLOCK)
             elif kind in (BATCH, PING):

@@ -9,6 +9,7 @@ node ->     ``H`` hello             ``{"node": id, "v": 1}``
 node ->     ``B`` batches           one or more spool lines (a frame each):
                                     ``{"b": seq, "c": watermark, "n": count, "r": [...]}``
 node ->     ``P`` ping              optional watermark (ascii ns) once every batch is sent
+node ->     ``Q`` quit              none: everything is acknowledged and nothing more will come
 anyone ->   ``T`` tail info         none
 -> node     ``W`` welcome           ``{"credit": bytes of batches in flight allowed}``
 -> node     ``A`` ack               ``{"acked": seq}``: batches up to seq are durable
@@ -45,9 +46,9 @@ from ._record import notice_record
 from ._spool import Spool
 from ._wakeup import Wakeup
 
-__all__ = ["Forwarder", "CurveKeys", "HELLO", "BATCH", "PING", "TAIL", "WELCOME", "ACK", "RESET", "INFO"]
+__all__ = ["Forwarder", "CurveKeys", "HELLO", "BATCH", "PING", "TAIL", "QUIT", "WELCOME", "ACK", "RESET", "INFO"]
 
-HELLO, BATCH, PING, TAIL = b"H", b"B", b"P", b"T"
+HELLO, BATCH, PING, TAIL, QUIT = b"H", b"B", b"P", b"T", b"Q"
 WELCOME, ACK, RESET, INFO = b"W", b"A", b"R", b"I"
 PROTOCOL_VERSION = 1
 MAX_BATCH_RECORDS = 1000
@@ -141,8 +142,16 @@ class Forwarder:
 
     def submit(self, records: list, watermark: int) -> None:
         """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
-        for start in range(0, len(records), MAX_BATCH_RECORDS):
-            _, dropped = self.spool.append(records[start : start + MAX_BATCH_RECORDS], watermark)
+        starts = range(0, len(records), MAX_BATCH_RECORDS)
+        # A batch's watermark promises nothing older will follow it, so every
+        # batch but the last stays below the earliest record still to come.
+        later = watermark
+        marks = []
+        for start in reversed(starts):
+            marks.append(later)
+            later = min(later, min(r["ts"] for r in records[start : start + MAX_BATCH_RECORDS]) - 1)
+        for start, mark in zip(starts, reversed(marks), strict=True):
+            _, dropped = self.spool.append(records[start : start + MAX_BATCH_RECORDS], mark)
             if dropped:
                 self._record_loss(dropped)
         self._wake.poke()
@@ -262,6 +271,9 @@ class Forwarder:
             while True:
                 now = time.monotonic()
                 if self._stopping and (self.spool.pending_batches == 0 or now > self._stop_deadline):
+                    if self.welcomed.is_set() and self.spool.pending_batches == 0:
+                        # A clean goodbye: the streamer stops waiting for our watermark.
+                        _try_send(sock, [QUIT])
                     return
                 welcomed = self.welcomed.is_set()
                 if not welcomed and now - last_hello >= min(0.25, self.heartbeat):
@@ -308,10 +320,13 @@ class Forwarder:
                     in_flight_bytes += size
                     last_sent = now
                     self.stats["sent"] += len(frames) - 1
+                # Read the watermark before asking whether all is sent: the
+                # producer spools a batch and then raises the watermark, so in
+                # this order a watermark is never announced ahead of its batch.
+                watermark = self.watermark
                 if welcomed and self.spool.all_sent:
                     # Idle or caught up: the watermark alone tells the streamer
                     # it need not wait for us (often enough to keep lines live).
-                    watermark = self.watermark
                     if (
                         watermark > sent_watermark
                         and now - last_sent >= _WATERMARK_EVERY

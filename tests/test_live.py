@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
+import zmq
 from _net import assert_exactly_once, json_lines
-from conftest import child_env, emit, wait_for
+from conftest import child_env, emit, raw_record, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog._config import LogConfig
@@ -84,23 +86,34 @@ def test_relay_passes_everything_upward_exactly_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_silent_node_is_marked_gone_and_welcomed_back(tmp_path: Path) -> None:
-    """A node that stops talking is marked gone after the idle timeout, and back when it returns."""
+def test_silent_node_is_marked_gone_and_welcomed_back_finished_node_is_not(tmp_path: Path) -> None:
+    """A node that stops talking is marked gone, then back when it returns; one that quits cleanly is 'finished'."""
     out = tmp_path / "cluster.log"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    handler = NodeLocalHandler(str(tmp), LogConfig(rank=0, local_rank=0))
     with Streamer("tcp://127.0.0.1:0", str(out), json=True, idle_timeout=1.0) as streamer:
-        with NodeAggregator(str(tmp), str(tmp_path / "logs"), "n0", streamer.endpoint):
-            emit([handler], "before going quiet")  # stop() waits for its acknowledgement
+        context = zmq.Context()
+        silent = context.socket(zmq.DEALER)
+        silent.connect(streamer.endpoint)
+        silent.send_multipart([b"H", orjson.dumps({"node": "n0", "v": 1})])
+        assert silent.recv_multipart()[0] == b"W"
+        silent.send_multipart(
+            [
+                b"B",
+                orjson.dumps({"b": 1, "c": time.time_ns(), "n": 1, "r": [raw_record(0, "before going quiet", w="x")]}),
+            ]
+        )
         wait_for(lambda: "marked gone" in out.read_text(), what="the gone line")
-        with NodeAggregator(str(tmp), str(tmp_path / "logs"), "n0", streamer.endpoint):
-            emit([handler], "back again")
+        silent.send_multipart([b"P", b"%d" % time.time_ns()])
         wait_for(lambda: "node n0 is back" in out.read_text(), what="the back line")
-    handler.close()
+        context.destroy(linger=0)
+        handler = NodeLocalHandler(str(tmp), LogConfig(rank=1, local_rank=0))
+        with NodeAggregator(str(tmp), str(tmp_path / "logs"), "n1", streamer.endpoint):
+            emit([handler], "n1 says goodbye")  # stop() waits for its acknowledgement, then quits
+        handler.close()
+        wait_for(lambda: "node n1 finished" in out.read_text(), what="the finished line")
     msgs = [r["msg"] for r in json_lines(out)]
     gone = next(i for i, m in enumerate(msgs) if "node n0 has been silent" in m)
     back = next(i for i, m in enumerate(msgs) if "node n0 is back" in m)
-    # The "back" line is stamped when the streamer notices, after the record that
-    # brought the node back; once back it may go quiet again before the stop.
-    assert msgs.index("before going quiet") < gone < msgs.index("back again") < back
+    assert msgs.index("before going quiet") < gone < back
+    assert not any("node n1 has been silent" in m for m in msgs), "a node that quit is not gone"
