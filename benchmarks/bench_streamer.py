@@ -46,13 +46,18 @@ _RECORD = {
 
 
 def fill_spools(root: str, nodes: int, per_node: int, batch: int = 1000) -> None:
-    """Write ``per_node`` records per simulated node into its spool, in batches."""
-    now = time.time_ns()
+    """Write ``per_node`` records per simulated node into its spool, in batches.
+
+    Timestamps advance 25 us a record, as if each node logged 40,000 records/s,
+    and each batch carries the watermark of its last record, so the streamer
+    merges as the nodes send instead of holding everything to the end.
+    """
+    start_ns = time.time_ns()
     for n in range(nodes):
         spool = Spool(os.path.join(root, f"spool{n}"))
         for start in range(0, per_node, batch):
-            records = [dict(_RECORD, seq=i, ts=now + i * 1000, rank=n) for i in range(start, start + batch)]
-            spool.append(records, now + (start + batch) * 1000)
+            records = [dict(_RECORD, seq=i, ts=start_ns + i * 25_000, rank=n) for i in range(start, start + batch)]
+            spool.append(records, records[-1]["ts"])
         spool.close()
 
 

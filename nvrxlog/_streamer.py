@@ -129,7 +129,10 @@ class Streamer:
         self._watermarks: dict[str, int] = {}  # node -> it has sent everything up to this time
         self._written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
         self._received: dict[str, int] = {}  # the same, counting records still held for merging
-        self._pending: list[tuple] = []
+        # Records held for merging, as sorted chunks (one per batch): a flush
+        # takes what is ready from each chunk and sorts only that, instead of
+        # re-sorting everything held while a slow node catches up.
+        self._pending: list[list[tuple]] = []
         self._names: dict[str, str] = {}
         self._last_written_ts = 0
         self._out_fd = -1
@@ -359,7 +362,8 @@ class Streamer:
         if type(seq) is not int or type(records) is not list or type(watermark) is not int:
             raise TypeError("a batch needs an int 'b', an int 'c' and a list 'r'")
         node = session.node
-        written, received, pending = self._written, self._received, self._pending
+        written, received = self._written, self._received
+        chunk: list[tuple] = []
         keys: dict[object, str] = {}  # writer -> "node|writer", per batch (a batch holds few writers)
         newest = -1
         bad = 0
@@ -385,12 +389,15 @@ class Streamer:
                     newest = ts
                 if "node" not in record:
                     record["node"] = node
-                pending.append((ts, key, rseq, record))
+                chunk.append((ts, key, rseq, record))
                 continue
             duplicates += 1
             if rseq > written.get(key, -1) and ts > newest:
                 newest = ts  # held for merging already: its ack waits for it
         self.stats["duplicates"] += duplicates
+        if chunk:
+            chunk.sort()  # a node's batch is already (nearly) in time order: cheap
+            self._pending.append(chunk)
         self.stats["batches"] += 1
         session.acks.append((seq, newest))
         self._advance(node, watermark)
@@ -445,24 +452,28 @@ class Streamer:
             self._notice_seq, ts, f"nvrxlog streamer: {text}", level, node=self.name, w=f"streamer.{self._start_ns}"
         )
         self._received[key] = self._notice_seq
-        self._pending.append((ts, key, self._notice_seq, record))
+        self._pending.append([(ts, key, self._notice_seq, record)])
 
     # -- writing --------------------------------------------------------------------
 
     def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
-        pending = self._pending
         cutoff = _INF if final else self._cutoff()
-        if pending:
-            pending.sort()
-            ready_n = len(pending) if final else bisect.bisect_right(pending, cutoff, key=_key)
-            if ready_n:
-                ready = pending[:ready_n]
-                del pending[:ready_n]
-                self._write(ready, pub, time.time_ns() if cutoff == _INF else cutoff)
+        ready: list[tuple] = []
+        held: list[list[tuple]] = []
+        oldest_held = _INF
+        for chunk in self._pending:
+            cut = len(chunk) if final else bisect.bisect_right(chunk, cutoff, key=_key)
+            ready.extend(chunk[:cut] if cut < len(chunk) else chunk)
+            if cut < len(chunk):
+                rest = chunk[cut:]
+                held.append(rest)
+                oldest_held = min(oldest_held, rest[0][0])
+        self._pending = held
+        if ready:
+            ready.sort()  # merges the chunks' sorted runs
+            self._write(ready, pub, time.time_ns() if cutoff == _INF else cutoff)
         if self._forwarder is not None:
-            self._forwarder.watermark = (
-                time.time_ns() if cutoff == _INF else min(cutoff, pending[0][0] - 1 if pending else cutoff)
-            )
+            self._forwarder.watermark = time.time_ns() if cutoff == _INF else int(min(cutoff, oldest_held - 1))
         self._checkpoint()
         for peer, session in self._sessions.items():
             acks = session.acks
