@@ -75,16 +75,21 @@ def run(calls: int = 50_000, rounds: int = 7) -> dict[str, float]:
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    best = run(calls=10_000 if args.quick else 50_000, rounds=3 if args.quick else 7)
+def report(quick: bool = False) -> str:
+    """The per-call table, as markdown."""
+    best = run(calls=10_000 if quick else 50_000, rounds=3 if quick else 7)
     floor = best["floor (do-nothing handler)"]
     stdlib = best["stdlib FileHandler"]
     rows = [[name, f"{ns:.0f}", f"{ns / floor:.2f}x", f"{ns / stdlib:.2f}x"] for name, ns in best.items()]
-    print(f"logger.info per call ({machine()})")
-    print(table(["configuration", "ns/call", "vs floor", "vs stdlib FileHandler"], rows))
+    return f"logger.info per call ({machine()})\n\n" + table(
+        ["configuration", "ns/call", "vs floor", "vs stdlib FileHandler"], rows
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    print(report(parser.parse_args().quick))
 
 
 if __name__ == "__main__":

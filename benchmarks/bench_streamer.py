@@ -155,7 +155,7 @@ def scale(work: str, nodes: int, per_node: int) -> dict[str, float]:
     streamer.terminate()
     streamer.wait(60)
     with open(out, "rb") as f:
-        delivered = sum(1 for _ in f)
+        delivered = sum(1 for line in f if b"nvrxlog streamer: " not in line)  # the nodes' own records only
     return {
         "nodes": nodes,
         "records": nodes * per_node,
@@ -233,19 +233,16 @@ def latency(work: str, ranks: int, rate: float, seconds: float) -> dict[str, flo
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+def report(quick: bool = False) -> str:
+    """The streamer table, as markdown."""
     work = tempfile.mkdtemp(prefix="nvrxlog-bench-stream-")
     try:
-        got = ingest(work, 16, 10_000 if args.quick else 40_000)
-        big = scale(work, 128 if args.quick else 512, 200)
-        lat = latency(work, 8, 1000, 5 if args.quick else 15)
+        got = ingest(work, 16, 10_000 if quick else 40_000)
+        big = scale(work, 128 if quick else 512, 200)
+        lat = latency(work, 8, 1000, 5 if quick else 15)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"streamer ({machine()})")
-    print(
+    return f"streamer ({machine()})\n\n" + (
         table(
             ["measure", "value", "vs baseline"],
             [
@@ -272,6 +269,12 @@ def main() -> None:
             ],
         )
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    print(report(parser.parse_args().quick))
 
 
 if __name__ == "__main__":

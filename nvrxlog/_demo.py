@@ -9,51 +9,60 @@ import sys
 import tempfile
 import time
 
+from ._exceptions import ConfigError
+
 __all__ = ["run_demo"]
 
 
 def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int = 50) -> int:
-    """Run ``nodes`` simulated nodes of ``ranks`` ranks each; print where the outputs are."""
+    """Run a streamer and ``nodes`` simulated nodes of ``ranks`` ranks; print where the outputs are."""
     from ._aggregator import NodeAggregator
+    from ._streamer import Streamer
 
     if nodes < 1 or ranks < 1 or steps < 1:
-        raise SystemExit("nvrxlog: --nodes, --ranks and --steps must be at least 1")
+        raise ConfigError("--nodes, --ranks and --steps must be at least 1")
     work = os.path.abspath(work_dir or tempfile.mkdtemp(prefix="nvrxlog-demo-"))
     log_dir = os.path.join(work, "logs")
-    print(f"nvrxlog demo: {nodes} nodes x {ranks} ranks, {steps} steps, in {work}", flush=True)
-    aggregators = []
-    procs = []
+    cluster = os.path.join(work, "cluster.log")
+    print(f"nvrxlog demo: a streamer and {nodes} nodes x {ranks} ranks, {steps} steps, in {work}", flush=True)
     started = time.monotonic()
-    try:
-        for n in range(nodes):
-            node = f"node{n + 1:03d}"
-            tmp = os.path.join(work, "tmp", node)
-            aggregators.append(NodeAggregator(tmp, log_dir, node).start())
-            for local in range(ranks):
-                env = dict(
-                    os.environ,
-                    NVRX_NODE_LOCAL_TMPDIR=tmp,
-                    NVRX_LOG_AGGREGATOR="external",
-                    NVRX_NODE_ID=node,
-                    RANK=str(n * ranks + local),
-                    LOCAL_RANK=str(local),
-                    WORLD_SIZE=str(nodes * ranks),
-                )
-                cmd = [sys.executable, "-m", "nvrxlog._demo", str(steps)]
-                procs.append(subprocess.Popen(cmd, env=env))
-        failed = sum(1 for p in procs if p.wait() != 0)
-    finally:
-        for aggregator in aggregators:
-            aggregator.stop(drain=True)
+    aggregators = []
+    with Streamer("tcp://127.0.0.1:0", cluster) as streamer:
+        print(f"  streamer on {streamer.endpoint}; watch it live meanwhile with:", flush=True)
+        print(f"  nvrxlog tail --connect {streamer.endpoint} --dedup", flush=True)
+        procs = []
+        try:
+            for n in range(nodes):
+                node = f"node{n + 1:03d}"
+                tmp = os.path.join(work, "tmp", node)
+                aggregators.append(NodeAggregator(tmp, log_dir, node, streamer.endpoint).start())
+                for local in range(ranks):
+                    env = dict(
+                        os.environ,
+                        NVRX_NODE_LOCAL_TMPDIR=tmp,
+                        NVRX_LOG_AGGREGATOR="external",
+                        NVRX_NODE_ID=node,
+                        RANK=str(n * ranks + local),
+                        LOCAL_RANK=str(local),
+                        WORLD_SIZE=str(nodes * ranks),
+                        SLURM_PROCID=str(n * ranks + local),
+                        SLURM_LOCALID=str(local),
+                    )
+                    procs.append(subprocess.Popen([sys.executable, "-m", "nvrxlog._demo", str(steps)], env=env))
+            failed = sum(1 for p in procs if p.wait() != 0)
+        finally:
+            for aggregator in aggregators:
+                aggregator.stop(drain=True)
     print(f"\nfinished in {time.monotonic() - started:.1f}s ({failed} rank(s) failed)")
     print("per-node files:")
     for aggregator in aggregators:
         print(f"  {aggregator.out_path}  ({aggregator.stats['records']} records)")
-    last = aggregators[0].out_path
-    print(f"\nlast lines of {os.path.basename(last)}:")
-    with open(last, encoding="utf-8", errors="replace") as f:
+    print(f"cluster-wide file:\n  {cluster}  ({streamer.stats['records']} records)")
+    print(f"\nlast lines of {os.path.basename(cluster)}:")
+    with open(cluster, encoding="utf-8", errors="replace") as f:
         for line in f.readlines()[-8:]:
             print("  " + line.rstrip("\n"))
+    print("\nin a real job, run `nvrxlog stream` once and set NVRX_LOG_STREAMER on every rank; see slurm/README.md")
     return 1 if failed else 0
 
 

@@ -75,7 +75,10 @@ def test_demo_runs_and_says_where_its_outputs_are(tmp_path: Path) -> None:
     assert "nvrx_log_node001.log" in result.stdout and "nvrx_log_node002.log" in result.stdout
     records = parse_text_records(tmp_path / "logs" / "nvrx_log_node001.log")
     assert {r["rank"] for r in records} == {"0", "1", "2", "3"}
-    assert any(
-        r["level"] == "ERROR" and "Traceback" in r["msg"]
-        for r in parse_text_records(tmp_path / "logs" / "nvrx_log_node001.log")
-    )
+    assert any(r["level"] == "ERROR" and "Traceback" in r["msg"] for r in records)
+    cluster = parse_text_records(tmp_path / "cluster.log")
+    assert {(r["node"], r["rank"]) for r in cluster if r["node"] != "streamer"} == {
+        (f"node00{n + 1}", str(n * 4 + r)) for n in range(2) for r in range(4)
+    }
+    assert any(r["level"] == "WARNING" and "gradient norm" in r["msg"] for r in cluster)
+    assert "cluster.log" in result.stdout and "nvrxlog tail --connect" in result.stdout
