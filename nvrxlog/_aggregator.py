@@ -96,6 +96,7 @@ class NodeAggregator:
         self._closed_writers: set[str] = set()
         self._wake = threading.Event()
         self._stopping = False
+        self._linger_until = 0.0
         self._drain = True
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -151,14 +152,18 @@ class NodeAggregator:
         """Tell the aggregator that ``writer`` (a handler in this process) wrote its last record."""
         self._closed_writers.add(str(writer))
 
-    def stop(self, drain: bool = True, timeout: float | None = None) -> bool:
+    def stop(self, drain: bool = True, timeout: float | None = None, linger: float = 0.0) -> bool:
         """Stop the thread; with ``drain``, first write everything logged so far.
 
-        Returns True when the thread has finished. Safe to call twice, and a
-        no-op in a forked child (the thread belongs to the parent).
+        With ``linger``, keep aggregating for up to that many seconds until
+        every writer on the node has exited (a rank 0 that finishes first must
+        not strand the other ranks' last records). Returns True when the
+        thread has finished. Safe to call twice, and a no-op in a forked
+        child (the thread belongs to the parent).
         """
         if self._thread is None or os.getpid() != self._owner_pid:
             return True
+        self._linger_until = time.monotonic() + linger if linger > 0 else 0.0
         self._drain = drain
         self._stopping = True
         self._wake.set()
@@ -233,7 +238,7 @@ class NodeAggregator:
     def _run(self) -> None:
         delay = self._busy_s
         try:
-            while not self._stopping:
+            while not self._stopping or self._lingering():
                 try:
                     got = self._cycle(final=False)
                 except Exception as exc:  # never let the thread die silently
@@ -263,6 +268,12 @@ class NodeAggregator:
                 self._out_fd = -1
             self._release_lock()
             self._stopped = True
+
+    def _lingering(self) -> bool:
+        """Stopping, but some writer on the node still lives and there is time to wait for it."""
+        if time.monotonic() >= self._linger_until:
+            return False
+        return any(not tail.dead for tail in self._tails.values())
 
     def _cycle(self, *, final: bool) -> bool:
         now = time.time_ns()

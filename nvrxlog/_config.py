@@ -16,6 +16,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 DEFAULT_MAX_FILE_SIZE_KB = 10240
 DEFAULT_MAX_LOG_FILES = 4
 DEFAULT_LOG_DIR = "nvrx_logs"
+DEFAULT_EXIT_WAIT = 30
 
 
 def sanitize_name(name: str, *, limit: int = 64) -> str:
@@ -47,6 +48,7 @@ class LogConfig:
     streamer: str | None = None
     aggregator: str = "thread"
     node_id: str = "localhost"
+    exit_wait: float = DEFAULT_EXIT_WAIT
     rank: int | None = None
     local_rank: int | None = None
     infra_rank: int | None = None
@@ -97,6 +99,7 @@ class LogConfig:
             streamer=env.get("NVRX_LOG_STREAMER") or None,
             aggregator=aggregator,
             node_id=sanitize_name(node),
+            exit_wait=float(_or_default(integer("NVRX_LOG_EXIT_WAIT", minimum=0), DEFAULT_EXIT_WAIT)),
             rank=integer("RANK", minimum=0),
             local_rank=integer("LOCAL_RANK", minimum=0),
             infra_rank=infra_rank,
@@ -108,6 +111,11 @@ class LogConfig:
     def node_local_rank(self) -> int | None:
         """The rank of this process on its node: workload's if known, else SLURM's."""
         return self.local_rank if self.local_rank is not None else self.infra_local_rank
+
+
+def _or_default(value: int | None, default: int) -> int:
+    # 0 is a valid setting, so `value or default` would not do.
+    return default if value is None else value
 
 
 def _flag(raw: str | None) -> bool:

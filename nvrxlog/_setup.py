@@ -119,7 +119,7 @@ def _start_aggregator(tmp_dir: str, config: LogConfig) -> None:
     _state.aggregator = aggregator
 
 
-def _teardown(logger: logging.Logger) -> None:
+def _teardown(logger: logging.Logger, linger: float = 0.0) -> None:
     aggregator = _state.aggregator
     _state.aggregator = None
     for handler in _state.handlers:
@@ -129,7 +129,7 @@ def _teardown(logger: logging.Logger) -> None:
             aggregator.writer_closed(handler.writer)
     _state.handlers.clear()
     if aggregator is not None:
-        aggregator.stop(drain=True)  # a no-op in a forked child: not its thread
+        aggregator.stop(drain=True, linger=linger)  # a no-op in a forked child: not its thread
     _state.configured = False
 
 
@@ -154,7 +154,8 @@ def _drain_at_exit() -> None:
     # Records a rank logged just before exiting must still reach the node file.
     if _state.aggregator is not None:
         with _lock:
-            _teardown(logging.getLogger(LOGGER_NAME))
+            config = _state.config
+            _teardown(logging.getLogger(LOGGER_NAME), linger=config.exit_wait if config else 0.0)
 
 
 def _reinit_in_child() -> None:
