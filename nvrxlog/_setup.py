@@ -7,10 +7,12 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterable
 
 from ._aggregator import NodeAggregator
+from ._capture import Capture, parse_capture
 from ._config import LogConfig
-from ._exceptions import AggregatorBusyError, NvrxLogError
+from ._exceptions import AggregatorBusyError, ConfigError, NvrxLogError
 from ._format import RankFormatter
 from ._handler import NodeLocalHandler
 from ._report import ErrorCounter
@@ -29,6 +31,7 @@ class _State:
         self.configured = False
         self.handlers: list[logging.Handler] = []
         self.aggregator: NodeAggregator | None = None
+        self.capture: Capture | None = None
         self.config: LogConfig | None = None
         self.reported: set[str] = set()
 
@@ -43,6 +46,7 @@ def setup_logger(
     force_reset: bool = False,
     node_local_tmp_prefix: str | None = None,
     log_file: str | None = None,
+    capture: str | bool | Iterable[str] | None = None,
 ) -> logging.Logger:
     """Configure and return the ``nvrx`` logger for this process.
 
@@ -52,6 +56,13 @@ def setup_logger(
     the node's local rank 0 also starts the aggregator thread unless
     ``NVRX_LOG_AGGREGATOR=external``. ``log_file`` additionally appends every
     rank's lines to one shared file with an ``srun -l`` style rank prefix.
+
+    ``capture`` (default: ``NVRX_LOG_CAPTURE``, off) also routes what does not
+    go through ``logging`` into nvrxlog: ``"logging"`` (other libraries'
+    loggers), ``"warnings"``, ``"stdio"`` (``sys.stdout``/``sys.stderr`` lines),
+    ``"fd"`` (file descriptors 1 and 2, so C libraries and a crash's last words),
+    ``"echo"`` (keep writing to the terminal too); ``True`` or ``"all"`` means
+    logging, warnings and fd.
 
     A second call returns the configured logger unchanged unless
     ``force_reset`` is true. Problems with the environment or the tmpdir are
@@ -67,6 +78,21 @@ def setup_logger(
         logger.setLevel(logging.DEBUG if config.debug else logging.INFO)
         logger.propagate = False  # the root logger's handlers would print every line twice
 
+        try:
+            modes = parse_capture(capture if capture is not None else os.environ.get("NVRX_LOG_CAPTURE"))
+        except ConfigError as exc:
+            _report_once(f"capture is off: {exc}")
+            modes = frozenset()
+        grabber = Capture(logger, modes) if modes else None
+        if grabber is not None:
+            try:
+                grabber.install_fds()
+            except OSError as exc:
+                _report_once(f"fd capture is off: {exc}")
+                grabber = Capture(logger, modes - {"fd"})
+            _state.capture = grabber
+        stderr = grabber.original_stderr if grabber is not None else sys.stderr
+
         tmp_dir = node_local_tmp_dir or config.node_local_tmp_dir
         handler: logging.Handler | None = None
         if tmp_dir:
@@ -77,7 +103,7 @@ def setup_logger(
                 _report_once(f"node-local logging is off, writing to stderr instead: {exc}")
                 tmp_dir = None
         if handler is None and log_file is None:
-            handler = SafeStreamHandler(sys.stdout if config.to_stdout else sys.stderr)
+            handler = SafeStreamHandler(sys.stdout if config.to_stdout else stderr)
             handler.setFormatter(RankFormatter(config))
         if handler is not None:
             _add(logger, handler)
@@ -88,10 +114,12 @@ def setup_logger(
                 _add(logger, shared)
             except OSError as exc:
                 _report_once(f"cannot open log_file {log_file}: {exc.strerror}; writing to stderr")
-                fallback = SafeStreamHandler(sys.stderr)
+                fallback = SafeStreamHandler(stderr)
                 fallback.setFormatter(RankFormatter(config))
                 _add(logger, fallback)
         _state.configured = True
+        if grabber is not None:
+            grabber.install(list(_state.handlers))
 
         if tmp_dir and config.aggregator == "thread" and config.node_local_rank in (0, None):
             _start_aggregator(tmp_dir, config)
@@ -120,6 +148,11 @@ def _start_aggregator(tmp_dir: str, config: LogConfig) -> None:
 
 
 def _teardown(logger: logging.Logger, linger: float = 0.0) -> None:
+    # Capture first: the fd helper drains what is still in the pipes into
+    # records before the aggregator's last drain.
+    grabber, _state.capture = _state.capture, None
+    if grabber is not None:
+        grabber.uninstall()
     aggregator = _state.aggregator
     _state.aggregator = None
     for handler in _state.handlers:
@@ -151,8 +184,8 @@ def _report_once(text: str) -> None:
 
 @atexit.register
 def _drain_at_exit() -> None:
-    # Records a rank logged just before exiting must still reach the node file.
-    if _state.aggregator is not None:
+    # Records a rank logged (or printed) just before exiting must still reach the node file.
+    if _state.aggregator is not None or _state.capture is not None:
         with _lock:
             config = _state.config
             _teardown(logging.getLogger(LOGGER_NAME), linger=config.exit_wait if config else 0.0)
@@ -162,7 +195,9 @@ def _reinit_in_child() -> None:
     global _lock
     _lock = threading.RLock()
     # The aggregator thread is the parent's: the child neither runs nor joins it.
+    # Its capture is the parent's too (the child's output still flows into it).
     _state.aggregator = None
+    _state.capture = None
     _errors.reinit_after_fork()
 
 

@@ -1,0 +1,213 @@
+"""Capturing what does not go through ``logging``: other loggers, warnings, stdout/stderr, fds 1 and 2.
+
+Modes (``setup_logger(capture=...)`` or ``NVRX_LOG_CAPTURE``, comma-separated):
+
+- ``logging``: the root logger's records (other libraries) go to nvrxlog too;
+- ``warnings``: ``warnings.warn`` becomes a WARNING record;
+- ``stdio``: each line written to ``sys.stdout`` / ``sys.stderr`` is an INFO / WARNING record;
+- ``fd``: file descriptors 1 and 2 themselves (C and C++ libraries, a crash's
+  last words) are read by a helper process, which outlives a rank that dies;
+- ``echo``: also write captured output to the original stdout/stderr.
+
+``all`` (or ``1``, ``true``) means ``logging,warnings,fd``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+
+from ._exceptions import ConfigError
+
+__all__ = ["Capture", "parse_capture"]
+
+MODES = frozenset({"logging", "warnings", "stdio", "fd", "echo"})
+_ALL = frozenset({"logging", "warnings", "fd"})
+_HELPER_WAIT_S = 10.0
+
+
+def parse_capture(value: str | bool | Iterable[str] | None) -> frozenset[str]:
+    """The set of capture modes a setting names; raises ConfigError for unknown ones."""
+    if value is None or value is False:
+        return frozenset()
+    if value is True:
+        return _ALL
+    words = value.split(",") if isinstance(value, str) else list(value)
+    modes: set[str] = set()
+    for word in (w.strip().lower() for w in words):
+        if word in ("", "0", "false", "no", "off"):
+            continue
+        if word in ("1", "true", "yes", "on", "all"):
+            modes |= _ALL
+        elif word in MODES:
+            modes.add(word)
+        else:
+            raise ConfigError(f"unknown capture mode {word!r}; use {', '.join(sorted(MODES))} or all")
+    return frozenset(modes)
+
+
+def _strip_newline(record: logging.LogRecord) -> bool:
+    # warnings.formatwarning ends with a newline, which would print as a blank
+    # line; logging passes it as the message itself (bpo-46557).
+    if isinstance(record.msg, str) and not record.args:
+        record.msg = record.msg.rstrip("\n")
+    return True
+
+
+class _LineWriter(io.TextIOBase):
+    """A text stream that turns each complete line into a record (and maybe echoes it)."""
+
+    def __init__(self, logger: logging.Logger, level: int, name: str, echo: io.TextIOBase | None) -> None:
+        super().__init__()
+        self._logger = logger
+        self._level = level
+        self._name = name
+        self._echo = echo
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._echo is not None:
+            self._echo.write(text)
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._echo is not None:
+            self._echo.flush()
+
+    def close_and_emit_rest(self) -> None:
+        """Emit a last line that never got its newline (no lost tail at exit)."""
+        with self._lock:
+            rest, self._partial = self._partial, ""
+        if rest:
+            self._emit(rest)
+
+    def _emit(self, line: str) -> None:
+        record = self._logger.makeRecord(self._logger.name, self._level, self._name, 0, line, None, None)
+        self._logger.handle(record)
+
+
+class Capture:
+    """Installs and removes the capture modes for one process."""
+
+    def __init__(self, logger: logging.Logger, modes: frozenset[str]) -> None:
+        self.logger = logger
+        self.modes = modes
+        self.echo = "echo" in modes
+        self.original_stderr: io.TextIOBase = sys.stderr
+        self._owner_pid = os.getpid()
+        self._root_handlers: list[logging.Handler] = []
+        self._writers: list[_LineWriter] = []
+        self._saved_streams = (sys.stdout, sys.stderr)
+        self._saved_fds: tuple[int, int] | None = None
+        self._helper: subprocess.Popen | None = None
+
+    def install_fds(self) -> None:
+        """fd mode, before any handler exists: route fds 1 and 2 through the helper process."""
+        if "fd" not in self.modes:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        saved = (os.dup(1), os.dup(2))
+        env = {k: v for k, v in os.environ.items() if k != "NVRX_LOG_CAPTURE"}
+        env["NVRX_LOG_AGGREGATOR"] = "external"  # the helper writes records, it never aggregates
+        self._helper = subprocess.Popen(
+            [sys.executable, "-m", "nvrxlog._fdhelper", str(out_r), str(err_r), "1" if self.echo else "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=saved[0],
+            stderr=saved[1],
+            pass_fds=(out_r, err_r),
+            env=env,
+        )
+        os.close(out_r)
+        os.close(err_r)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.close(out_w)
+        os.close(err_w)
+        self._saved_fds = saved
+        # stdout is now a pipe, which Python would block-buffer: print() lines
+        # should become records as they are printed, not at exit.
+        for stream in (sys.stdout, sys.stderr):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(line_buffering=True)
+        # Our own stream handler must write where stderr really goes, not into the pipe.
+        self.original_stderr = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+
+    def install(self, handlers: list[logging.Handler]) -> None:
+        """The in-process modes, once nvrxlog's handlers exist."""
+        root = logging.getLogger()
+        if "logging" in self.modes:
+            for handler in handlers:
+                root.addHandler(handler)
+                self._root_handlers.append(handler)
+        if "warnings" in self.modes:
+            logging.captureWarnings(True)
+            logging.getLogger("py.warnings").addFilter(_strip_newline)
+            if "logging" not in self.modes:
+                warn_logger = logging.getLogger("py.warnings")
+                for handler in handlers:
+                    warn_logger.addHandler(handler)
+                    self._root_handlers.append(handler)
+        if "stdio" in self.modes and "fd" not in self.modes:
+            out, err = self._saved_streams
+            self._writers = [
+                _LineWriter(self.logger, logging.INFO, "<stdout>", out if self.echo else None),
+                _LineWriter(self.logger, logging.WARNING, "<stderr>", err if self.echo else None),
+            ]
+            sys.stdout, sys.stderr = self._writers  # type: ignore[assignment]
+
+    def uninstall(self) -> None:
+        """Restore everything; the helper drains what is left in the pipes before this returns."""
+        if os.getpid() != self._owner_pid:
+            return
+        for writer in self._writers:
+            writer.close_and_emit_rest()
+        if self._writers:
+            sys.stdout, sys.stderr = self._saved_streams
+            self._writers = []
+        for handler in self._root_handlers:
+            logging.getLogger().removeHandler(handler)
+            logging.getLogger("py.warnings").removeHandler(handler)
+        self._root_handlers = []
+        if "warnings" in self.modes:
+            logging.captureWarnings(False)
+            logging.getLogger("py.warnings").removeFilter(_strip_newline)
+        if self._saved_fds is not None:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            out, err = self._saved_fds
+            os.dup2(out, 1)  # our write ends close: the helper reads to EOF and exits
+            os.dup2(err, 2)
+            os.close(out)
+            os.close(err)
+            self._saved_fds = None
+            if self._helper is not None:
+                try:
+                    self._helper.wait(_HELPER_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    pass  # a child still holds the pipe; the helper finishes when it does
+            if self.original_stderr is not sys.__stderr__:
+                self.original_stderr.close()
