@@ -7,19 +7,59 @@ Progress goes to stderr; the results (markdown, with machine info) go to
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
 
 from benchmarks import bench_aggregator, bench_handler, bench_streamer
 
+
+def torchrun_report(quick: bool) -> str:
+    """Step-time overhead of logging in a small DDP job under torchrun (needs PyTorch)."""
+    if importlib.util.find_spec("torch") is None:
+        return "skipped: PyTorch is not installed (pip install torch==2.13.0)"
+    with tempfile.TemporaryDirectory(prefix="nvrxlog-bench-torchrun-") as work:
+        env = dict(
+            os.environ, NVRX_NODE_LOCAL_TMPDIR=os.path.join(work, "tmp"), NVRX_LOG_DIR=os.path.join(work, "logs")
+        )
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "4",
+                "-m",
+                "benchmarks.bench_torchrun",
+                "--steps",
+                "100" if quick else "300",
+                "--rounds",
+                "2" if quick else "3",
+            ],
+            env=env,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    if result.returncode != 0:
+        return f"failed: {result.stderr.strip()[-500:]}"
+    lines = result.stdout.strip().splitlines()
+    return lines[0] + "\n\n" + "\n".join(lines[1:])
+
+
 _BENCHMARKS = [
     ("per-call cost of logger.info", bench_handler.report),
     ("aggregator throughput and idle CPU", bench_aggregator.report),
     ("streamer ingest, 512-node scale, end-to-end latency", bench_streamer.report),
+    ("step-time overhead under torchrun (4 ranks)", torchrun_report),
 ]
 
 
