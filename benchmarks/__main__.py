@@ -18,6 +18,7 @@ import time
 import psutil
 
 from benchmarks import bench_aggregator, bench_handler, bench_streamer
+from benchmarks.bench_torchrun import torchrun_command
 
 
 def torchrun_report(quick: bool) -> str:
@@ -29,20 +30,7 @@ def torchrun_report(quick: bool) -> str:
             os.environ, NVRX_NODE_LOCAL_TMPDIR=os.path.join(work, "tmp"), NVRX_LOG_DIR=os.path.join(work, "logs")
         )
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc-per-node",
-                "4",
-                "-m",
-                "benchmarks.bench_torchrun",
-                "--steps",
-                "100" if quick else "300",
-                "--rounds",
-                "2" if quick else "3",
-            ],
+            torchrun_command(4, 100 if quick else 300, 2 if quick else 3),
             env=env,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             capture_output=True,

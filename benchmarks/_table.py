@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+from collections.abc import Callable
 
 
 def machine() -> str:
@@ -17,3 +19,10 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def cli(doc: str, report: Callable[[bool], str]) -> None:
+    """The command line of one benchmark module: ``[--quick]``, then print its table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs")
+    print(report(parser.parse_args().quick))

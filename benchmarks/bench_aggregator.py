@@ -9,7 +9,6 @@ writer processes are alive but log nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ import time
 
 import psutil
 
-from benchmarks._table import machine, table
+from benchmarks._table import cli, machine, table
 from nvrxlog import NodeAggregator
 from nvrxlog._config import LogConfig
 from nvrxlog._handler import NodeLocalHandler
@@ -153,9 +152,7 @@ def report(quick: bool = False) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(report(parser.parse_args().quick))
+    cli(__doc__, report)
 
 
 if __name__ == "__main__":

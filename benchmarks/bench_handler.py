@@ -8,14 +8,13 @@ measured in the same run, interleaved, best of several rounds.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
 import tempfile
 import time
 
-from benchmarks._table import machine, table
+from benchmarks._table import cli, machine, table
 from nvrxlog._config import LogConfig
 from nvrxlog._handler import NodeLocalHandler
 
@@ -87,9 +86,7 @@ def report(quick: bool = False) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(report(parser.parse_args().quick))
+    cli(__doc__, report)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ import orjson
 import psutil
 import zmq
 
-from benchmarks._table import machine, table
+from benchmarks._table import cli, machine, table
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog._spool import Spool
 from nvrxlog._transport import Forwarder
@@ -272,9 +271,7 @@ def report(quick: bool = False) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(report(parser.parse_args().quick))
+    cli(__doc__, report)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,31 @@ import argparse
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
-
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from nvrxlog import setup_logger
 
 _TEXT = "%(asctime)s [%(levelname)s] [node] [workload:%(rank)s] %(filename)s:%(lineno)d %(message)s"
+
+
+def torchrun_command(nproc: int, steps: int, rounds: int) -> list[str]:
+    """The command that runs this benchmark under torchrun (from the repository root)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "benchmarks.bench_torchrun",
+        "--steps",
+        str(steps),
+        "--rounds",
+        str(rounds),
+    ]
 
 
 def _stdlib_logger(path: str) -> logging.Logger:
@@ -40,6 +55,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="steps per mode")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    # Imported here so that torchrun_command() works where PyTorch is not installed.
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
     use_cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if use_cuda else "gloo")

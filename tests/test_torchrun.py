@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import child_env, parse_text_records
+
+from benchmarks.bench_torchrun import torchrun_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,20 +19,7 @@ def test_torchrun_training_logs_every_step_of_every_rank(tmp_path: Path) -> None
     pytest.importorskip("torch", reason="PyTorch is an optional extra (pip install torch==2.13.0)")
     env = child_env(NVRX_NODE_LOCAL_TMPDIR=tmp_path / "tmp", NVRX_LOG_DIR=tmp_path / "logs", NVRX_NODE_ID="t1")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "4",
-            "-m",
-            "benchmarks.bench_torchrun",
-            "--steps",
-            "50",
-            "--rounds",
-            "1",
-        ],
+        torchrun_command(4, 50, 1),
         env=env,
         cwd=REPO,
         capture_output=True,
