@@ -25,7 +25,6 @@ class Checkpoint:
     out: str = ""
     out_size: int = 0
     writers: dict[str, int] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
 
 
 def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
@@ -40,7 +39,6 @@ def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
                 out=str(raw["out"]),
                 out_size=int(raw["out_size"]),
                 writers={str(k): int(v) for k, v in raw["writers"].items()},
-                extra=dict(raw.get("extra") or {}),
             ),
             None,
         )
@@ -58,7 +56,6 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
             "out": checkpoint.out,
             "out_size": checkpoint.out_size,
             "writers": checkpoint.writers,
-            "extra": checkpoint.extra,
         }
     )
     tmp = f"{path}.{os.getpid()}.tmp"

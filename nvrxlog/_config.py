@@ -49,6 +49,7 @@ class LogConfig:
     aggregator: str = "thread"
     node_id: str = "localhost"
     exit_wait: float = DEFAULT_EXIT_WAIT
+    capture: str | None = None
     rank: int | None = None
     local_rank: int | None = None
     infra_rank: int | None = None
@@ -99,6 +100,7 @@ class LogConfig:
             streamer=env.get("NVRX_LOG_STREAMER") or None,
             aggregator=aggregator,
             node_id=sanitize_name(node),
+            capture=env.get("NVRX_LOG_CAPTURE") or None,
             exit_wait=float(_or_default(integer("NVRX_LOG_EXIT_WAIT", minimum=0), DEFAULT_EXIT_WAIT)),
             rank=integer("RANK", minimum=0),
             local_rank=integer("LOCAL_RANK", minimum=0),

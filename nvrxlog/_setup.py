@@ -79,7 +79,7 @@ def setup_logger(
         logger.propagate = False  # the root logger's handlers would print every line twice
 
         try:
-            modes = parse_capture(capture if capture is not None else os.environ.get("NVRX_LOG_CAPTURE"))
+            modes = parse_capture(capture if capture is not None else config.capture)
         except ConfigError as exc:
             _report_once(f"capture is off: {exc}")
             modes = frozenset()

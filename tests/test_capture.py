@@ -107,3 +107,21 @@ def test_bad_capture_setting_is_reported_once_and_logging_goes_on() -> None:
     assert result.returncode == 0
     lines = result.stderr.splitlines()
     assert sum("capture is off" in line for line in lines) == 1 and lines[-1].endswith("still logging")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["stdio", "fd"])
+def test_forked_children_output_is_captured_too(tmp_path: Path, mode: str) -> None:
+    """multiprocessing fork children print under capture: their lines arrive, nothing hangs at exit."""
+    code = (
+        "import multiprocessing as mp\nfrom nvrxlog import setup_logger\n"
+        f"setup_logger(capture={mode!r})\n"
+        "def child(k):\n    print('child', k, 'says hi', flush=True)\n"
+        "if __name__ == '__main__':\n"
+        "    ps = [mp.get_context('fork').Process(target=child, args=(k,)) for k in range(3)]\n"
+        "    [p.start() for p in ps]\n    [p.join() for p in ps]\n    print('parent done')\n"
+    )
+    result = _rank(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    msgs = sorted(r["msg"] for r in _node_file(tmp_path))
+    assert msgs == ["child 0 says hi", "child 1 says hi", "child 2 says hi", "parent done"]
