@@ -98,7 +98,6 @@ class NodeAggregator:
         self._stopping = False
         self._linger_until = 0.0
         self._drain = True
-        self._stopped = False
         self._thread: threading.Thread | None = None
         self._owner_pid = os.getpid()
         self._lock_fd = -1
@@ -197,6 +196,11 @@ class NodeAggregator:
         """True while the aggregator thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The unexpected error that stopped the thread, if one did."""
+        return self._failure
+
     def _take_lock(self) -> None:
         path = os.path.join(self.tmp_dir, LOCK_NAME)
         try:
@@ -267,7 +271,6 @@ class NodeAggregator:
                 os.close(self._out_fd)
                 self._out_fd = -1
             self._release_lock()
-            self._stopped = True
 
     def _lingering(self) -> bool:
         """Stopping, but some writer on the node still lives and there is time to wait for it."""

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._exceptions import ConfigError, NvrxLogError
 
@@ -107,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _wait_for_stop(wait_file: str | None) -> None:
-    """Block until SIGTERM/SIGINT or until ``wait_file`` exists."""
+def _wait_for_stop(wait_file: str | None, alive: Callable[[], bool] = lambda: True) -> None:
+    """Block until SIGTERM/SIGINT, until ``wait_file`` exists, or until ``alive()`` turns false."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -116,9 +116,11 @@ def _wait_for_stop(wait_file: str | None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    # A file has no event to wait on; checking it twice a second is cheap.
-    while not stop.wait(0.5 if wait_file else None):
+    # A file (or a thread's death) has no event to wait on; checking twice a second is cheap.
+    while not stop.wait(0.5):
         if wait_file and os.path.exists(wait_file):
+            return
+        if not alive():
             return
 
 
@@ -138,9 +140,11 @@ def _aggregate(args: argparse.Namespace) -> int:
     )
     aggregator.start()
     try:
-        _wait_for_stop(args.wait_file)
+        _wait_for_stop(args.wait_file, lambda: aggregator.running)
     finally:
         aggregator.stop(drain=True)
+    if aggregator.failure is not None:
+        raise NvrxLogError(f"the aggregator stopped after an unexpected error: {aggregator.failure!r}")
     return 0
 
 
@@ -170,9 +174,11 @@ def _stream(args: argparse.Namespace) -> int:
     streamer.start()
     print(f"nvrxlog stream: listening on {streamer.endpoint}, writing {streamer.out_path}", flush=True)
     try:
-        _wait_for_stop(None)
+        _wait_for_stop(None, lambda: streamer.running)
     finally:
         streamer.stop()
+    if streamer.failure is not None:
+        raise NvrxLogError(f"the streamer stopped after an unexpected error: {streamer.failure!r}")
     return 0
 
 

@@ -65,7 +65,6 @@ class NodeLocalHandler(SafeHandler):
 
     def _start_writer(self) -> None:
         pid = os.getpid()
-        self._pid = pid
         self.writer = WriterId(
             prefix=self._user_prefix or str(pid),
             local_rank=self._config.node_local_rank,

@@ -174,6 +174,16 @@ class Streamer:
             self.stats["undelivered"] = undelivered
             self._forwarder = None
 
+    @property
+    def running(self) -> bool:
+        """True while the streamer thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The unexpected error that stopped the thread, if one did."""
+        return self._failure
+
     def __enter__(self) -> Streamer:
         return self.start()
 
