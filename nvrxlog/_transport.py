@@ -298,8 +298,6 @@ class Forwarder:
                     continue
                 if welcomed:
                     self._loss_acknowledged()
-                    if self._loss_batch is not None and self._loss_batch[0] <= self.spool.acked:
-                        self._loss_batch = None
                     self._report_loss()
                 while welcomed and in_flight_bytes < credit:
                     frames = [BATCH]
