@@ -11,7 +11,6 @@ import time
 import weakref
 from collections import Counter, deque
 from operator import itemgetter
-from types import TracebackType
 
 from ._checkpoint import Checkpoint, load_checkpoint, open_output, save_checkpoint
 from ._config import DEFAULT_LOG_DIR, LogConfig, sanitize_name
@@ -21,6 +20,7 @@ from ._handler import LOCK_NAME
 from ._message import describe
 from ._record import WriterId, notice_record, parse_file_name
 from ._report import ErrorCounter
+from ._service import Service
 from ._tail import WriterTail, writer_is_dead
 from ._tmpdir import prepare_tmp_dir
 from ._transport import CurveKeys, Forwarder
@@ -44,7 +44,7 @@ def node_log_path(log_dir: str, node_id: str) -> str:
     return os.path.join(log_dir, f"nvrx_log_{sanitize_name(node_id)}.log")
 
 
-class NodeAggregator:
+class NodeAggregator(Service):
     """Merges every rank's temp files on this node into one per-node file.
 
     ``start()`` takes the tmpdir's lock (one aggregator per tmpdir) and runs a
@@ -179,27 +179,6 @@ class NodeAggregator:
                     f"they stay spooled in {forwarder.spool.directory} for the next run",
                 )
         return not self._thread.is_alive()
-
-    def __enter__(self) -> NodeAggregator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        """True while the aggregator thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def failure(self) -> BaseException | None:
-        """The unexpected error that stopped the thread, if one did."""
-        return self._failure
 
     def _take_lock(self) -> None:
         path = os.path.join(self.tmp_dir, LOCK_NAME)

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from operator import itemgetter
-from types import TracebackType
 
 import orjson
 import zmq
@@ -26,6 +25,7 @@ from ._exceptions import ConfigError, LifecycleError, TransportError
 from ._format import LineFormat
 from ._record import notice_record
 from ._report import ErrorCounter
+from ._service import Service
 from ._transport import (
     ACK,
     BATCH,
@@ -60,7 +60,7 @@ class _Session:
         self.bad = 0
 
 
-class Streamer:
+class Streamer(Service):
     """The central receiver: ``start()``, ``stop()``, ``endpoint``, context manager.
 
     ``bind`` may use port 0 (``tcp://127.0.0.1:0``); ``endpoint`` is then the
@@ -173,24 +173,6 @@ class Streamer:
             undelivered = self._forwarder.stop(timeout)
             self.stats["undelivered"] = undelivered
             self._forwarder = None
-
-    @property
-    def running(self) -> bool:
-        """True while the streamer thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def failure(self) -> BaseException | None:
-        """The unexpected error that stopped the thread, if one did."""
-        return self._failure
-
-    def __enter__(self) -> Streamer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _recover(self) -> None:
         os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
