@@ -175,10 +175,10 @@ class Streamer(Service):
             self._forwarder = None
 
     def _recover(self) -> None:
-        os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
         ckpt, problem = load_checkpoint(self.checkpoint_path)
         self._ckpt = ckpt
         try:
+            os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
             self._out_fd, _ = open_output(self.out_path, ckpt)
         except OSError as exc:
             raise TransportError(f"cannot open {self.out_path}: {exc.strerror}") from exc

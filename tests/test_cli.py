@@ -17,7 +17,7 @@ def _nvrxlog(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["aggregate"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["aggregate"], ["stream"], ["tail"], ["demo"]])
 def test_every_command_has_help(command: list[str]) -> None:
     """--help works for the program and each command."""
     result = _nvrxlog(*command, "--help")
@@ -26,7 +26,17 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["aggregate"], ["nonsense"], ["aggregate", "--tmp-dir", "/proc/nope/x", "--log-dir", "/tmp"]],
+    [
+        ["aggregate"],
+        ["nonsense"],
+        ["aggregate", "--tmp-dir", "/proc/nope/x", "--log-dir", "/tmp"],
+        ["aggregate", "--tmp-dir", "/tmp/nvrxlog-cli-a", "--log-dir", "/tmp/nvrxlog-cli-b", "--streamer", "nonsense"],
+        ["stream", "--bind", "nonsense", "--out", "/tmp/nvrxlog-cli.log"],
+        ["stream", "--bind", "tcp://127.0.0.1:0", "--out", "/proc/nope/cluster.log"],
+        ["tail", "--connect", "tcp://127.0.0.1:1", "--timeout", "1"],
+        ["tail", "--connect", "tcp://127.0.0.1:1", "--ranks", "3-x"],
+        ["tail", "--connect", "tcp://127.0.0.1:1", "--level", "LOUD"],
+    ],
 )
 def test_bad_arguments_exit_nonzero_with_one_line(args: list[str]) -> None:
     """Bad arguments or paths: non-zero exit, a single line on stderr, no traceback."""
