@@ -14,7 +14,8 @@ from operator import itemgetter
 
 from ._checkpoint import Checkpoint, load_checkpoint, open_output, save_checkpoint
 from ._config import DEFAULT_LOG_DIR, LogConfig, sanitize_name
-from ._exceptions import AggregatorBusyError, LifecycleError, NvrxLogError, TmpDirError
+from ._exceptions import AggregatorBusyError, ConfigError, LifecycleError, TmpDirError
+from ._fileio import write_all
 from ._format import LineFormat
 from ._handler import LOCK_NAME
 from ._message import describe
@@ -70,7 +71,7 @@ class NodeAggregator(Service):
         curve: CurveKeys | None = None,
     ) -> None:
         if merge_window < 0 or idle_interval <= 0 or busy_interval < 0 or checkpoint_interval < 0:
-            raise NvrxLogError("intervals and the merge window must not be negative")
+            raise ConfigError("intervals and the merge window must not be negative")
         config = LogConfig.from_env() if node_id is None or log_dir is None else None
         self.tmp_dir = os.path.abspath(tmp_dir)
         self.log_dir = os.path.abspath(log_dir or (config.log_dir if config else DEFAULT_LOG_DIR))
@@ -271,7 +272,7 @@ class NodeAggregator(Service):
             # second; the final drain asks every writer.
             if not tail.dead and (final or not got and now - tail.checked_at >= _DEAD_CHECK_NS):
                 tail.checked_at = now
-                if str(tail.writer) in self._closed_writers or writer_is_dead(tail.writer):
+                if tail.key in self._closed_writers or writer_is_dead(tail.writer):
                     tail.dead = True
                     read += tail.poll(batch)
             if tail.more:
@@ -289,10 +290,10 @@ class NodeAggregator(Service):
             ready = pending[:ready_n]
             del pending[:ready_n]
             self._write(ready, now if cutoff == _INF else int(cutoff))
-        if self._forwarder is not None and not pending:
-            self._forwarder.watermark = now if cutoff == _INF else int(cutoff)
-        elif self._forwarder is not None:
-            self._forwarder.watermark = min(int(min(cutoff, now)), pending[0][0] - 1)
+        if self._forwarder is not None:
+            # Everything up to the cutoff is out; held (or put back) records are not.
+            mark = now if cutoff == _INF else int(cutoff)
+            self._forwarder.watermark = min(mark, pending[0][0] - 1) if pending else mark
         if final or (ready_n and now - self._last_ckpt >= self._ckpt_ns):
             self._checkpoint(now)
         return bool(read)
@@ -361,9 +362,7 @@ class NodeAggregator(Service):
         fd = self._out_fd
         before = os.lseek(fd, 0, os.SEEK_END)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         except OSError as exc:
             # Put the records back and cut any partial write, so the retry
             # neither loses nor doubles them.

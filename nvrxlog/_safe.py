@@ -9,6 +9,7 @@ import sys
 import threading
 import weakref
 
+from ._fileio import write_all
 from ._message import describe
 from ._report import ErrorCounter
 
@@ -97,10 +98,7 @@ class AppendFileHandler(SafeHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, (self.format(record) + "\n").encode("utf-8", "backslashreplace"))
         except RecursionError:
             raise
         except Exception:

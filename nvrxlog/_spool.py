@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from ._fileio import write_all
+
 __all__ = ["Spool", "Dropped"]
 
 _SEGMENT = re.compile(r"^seg-(\d{12})\.nvs$")
@@ -68,9 +70,7 @@ class Spool:
             data = orjson.dumps({"b": seq, "c": watermark, "n": n, "r": records}) + b"\n"
             if self._fd < 0 or self._segments[self._current][1] >= self.segment_bytes:
                 self._roll(seq)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
             segment = self._segments[self._current]
             segment[1] += len(data)
             segment[2] = seq

@@ -22,6 +22,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from ._checkpoint import load_checkpoint, open_output, save_checkpoint
 from ._config import sanitize_name
 from ._exceptions import ConfigError, LifecycleError, TransportError
+from ._fileio import write_all
 from ._format import LineFormat
 from ._record import notice_record
 from ._report import ErrorCounter
@@ -455,18 +456,20 @@ class Streamer(Service):
         oldest_held = _INF
         for chunk in self._pending:
             cut = len(chunk) if final else bisect.bisect_right(chunk, cutoff, key=_key)
-            ready.extend(chunk[:cut] if cut < len(chunk) else chunk)
+            ready.extend(chunk[:cut])
             if cut < len(chunk):
-                rest = chunk[cut:]
-                held.append(rest)
-                oldest_held = min(oldest_held, rest[0][0])
+                held.append(chunk[cut:])
+                oldest_held = min(oldest_held, chunk[cut][0])
         self._pending = held
         if ready:
             ready.sort()  # merges the chunks' sorted runs
             self._write(ready, pub, time.time_ns() if cutoff == _INF else cutoff)
+            # Only writing changes what is durable; an idle flush saves nothing.
+            # Acks below stay safe: a batch is acked once its newest record is
+            # under the cutoff, so written by this flush or an earlier one.
+            self._checkpoint()
         if self._forwarder is not None:
             self._forwarder.watermark = time.time_ns() if cutoff == _INF else int(min(cutoff, oldest_held - 1))
-        self._checkpoint()
         for peer, session in self._sessions.items():
             acks = session.acks
             done = 0
@@ -484,9 +487,7 @@ class Streamer(Service):
         line = self._format.line
         records = [item[3] for item in ready]
         data = "".join([line(r, r["node"]) for r in records]).encode("utf-8", "backslashreplace")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._out_fd, view) :]
+        write_all(self._out_fd, data)
         written = self._written
         for _, key, seq, _ in ready:
             written[key] = seq
