@@ -12,6 +12,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import orjson
 
@@ -54,6 +55,8 @@ class Spool:
         self._current = -1
         self._cursor = self.acked + 1  # the next batch seq to hand out for sending
         self._reader: tuple[int, int] | None = None  # (segment first seq, offset)
+        self._rfile: BinaryIO | None = None
+        self._rfile_first = -1
 
     # -- appending (the aggregator's thread) ----------------------------------------
 
@@ -119,20 +122,36 @@ class Spool:
                         return None
                 first, offset = self._reader
                 segment = self._segments.get(first)
-                if segment is None:
+                if segment is None:  # dropped or acknowledged meanwhile
                     self._reader = None
                     continue
-                with open(segment[0], "rb") as f:
-                    f.seek(offset)
-                    line = f.readline()
+                f = self._reader_file(first, segment[0])
+                f.seek(offset)
+                line = f.readline()
+                if not line and first != self._current:
+                    # The end of a finished segment: go on with the next one.
+                    following = self._locate(self._cursor)
+                    if following is None or following[0] == first:
+                        return None
+                    self._reader = following
+                    continue
                 if not line.endswith(b"\n"):
-                    return None
+                    return None  # nothing more yet in the segment being written
                 self._reader = (first, offset + len(line))
                 seq = _seq_of(line)
                 if seq is None or seq < self._cursor:
                     continue  # a batch before the cursor (already acknowledged)
                 self._cursor = seq + 1
                 return seq, line[:-1]
+
+    def _reader_file(self, first: int, path: str) -> BinaryIO:
+        # Kept open while the reader stays in one segment: one open per segment, not per batch.
+        if self._rfile is None or self._rfile_first != first:
+            if self._rfile is not None:
+                self._rfile.close()
+            self._rfile = open(path, "rb")  # noqa: SIM115  (closed on move, in close())
+            self._rfile_first = first
+        return self._rfile
 
     def _locate(self, seq: int) -> tuple[int, int] | None:
         starts = sorted(first for first, s in self._segments.items() if s[2] >= seq)
@@ -193,6 +212,9 @@ class Spool:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if self._rfile is not None:
+                self._rfile.close()
+                self._rfile = None
             for first in [f for f, s in self._segments.items() if s[2] <= self.acked]:
                 os.unlink(self._segments.pop(first)[0])
 
