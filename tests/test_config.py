@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nvrxlog import LogConfig
 from nvrxlog._config import DEFAULT_MAX_FILE_SIZE_KB, sanitize_name
@@ -92,10 +94,22 @@ def test_config_is_frozen_keyword_only_with_a_useful_repr() -> None:
     "raw, safe",
     [("node001", "node001"), ("../../etc/x", "_._.._etc_x"), ("a b\nc", "a_b_c"), ("", "_"), (".hidden", "_hidden")],
 )
-def test_sanitize_name_never_yields_a_path_or_control_character(raw: str, safe: str) -> None:
-    """Node names become safe file-name components."""
+def test_sanitize_name_examples(raw: str, safe: str) -> None:
+    """Known names map to the expected safe names."""
     assert sanitize_name(raw) == safe
-    assert "/" not in safe and not safe.startswith(".")
+
+
+# Path and line characters drawn often, so leading dots, slashes and controls really occur.
+_NAMES = st.text(alphabet=st.one_of(st.sampled_from("./\\\n\r\x00 -_"), st.characters()), max_size=200)
+
+
+@given(_NAMES)
+def test_sanitize_name_never_yields_a_path_or_control_character(raw: str) -> None:
+    """For any text, the result is a non-empty, non-hidden file name of safe characters, at most 64 long."""
+    safe = sanitize_name(raw)
+    assert 0 < len(safe) <= 64
+    assert not safe.startswith(".")
+    assert set(safe) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def test_node_local_rank_prefers_the_workload_rank() -> None:
