@@ -1,7 +1,8 @@
 """Following one writer's temp files: whole records only, rotation in order.
 
 A tail reads its writer's current file from where it stopped, hands over only
-complete lines (a line without its newline is still being written), and moves
+complete lines (a line without its newline is still being written; a mapped
+file reads as NUL where nothing is written yet), and moves
 to the next file only after it knows the writer has moved on (a later file
 exists, so the earlier one is final) or has died. Records are de-duplicated and
 checked for gaps by the writer's sequence number, which is also what the
@@ -26,6 +27,9 @@ __all__ = ["WriterTail", "writer_is_dead", "MAX_LINE_BYTES"]
 # most a few MiB. Anything longer without a newline is not a record.
 MAX_LINE_BYTES = 16 << 20
 _READ_CHUNK = 1 << 20
+# The first read of a poll: a live writer's mapped file reads as NULs past its
+# records, so an idle poll costs a read of this size, not of _READ_CHUNK.
+_PROBE = 4 << 10
 
 #: Reports a problem as a line in the output: ``notice(text, ts=None)``.
 Notice = Callable[..., None]
@@ -95,13 +99,14 @@ class WriterTail:
         while True:
             if self._fd < 0 and not self._open_next():
                 return total
-            got, at_end = self._read_available(out, budget - total)
+            # A later file means this one is final; a dead writer writes no more.
+            final = bool(self.files) or self.dead
+            got, at_end = self._read_available(out, budget - total, final)
             total += got
             if not at_end:
                 self.more = True
                 return total
-            # A later file means this one is final; a dead writer writes no more.
-            if self.files or self.dead:
+            if final:
                 self._finish_current()
                 continue
             return total
@@ -146,23 +151,39 @@ class WriterTail:
     def _path_of(self, index: int) -> str:
         return os.path.join(self.tmp_dir, file_name(self.writer, index))
 
-    def _read_available(self, out: list, budget: int) -> tuple[int, bool]:
-        """Read up to ``budget`` bytes; return ``(bytes read, reached the end)``."""
+    def _read_available(self, out: list, budget: int, final: bool) -> tuple[int, bool]:
+        """Read up to ``budget`` bytes; return ``(bytes read, reached the end)``.
+
+        A writer's NUL is where it has not written yet: the read stops there
+        and resumes there next time. In a ``final`` file the NULs are what a
+        writer that died in mapped mode left unwritten, and are dropped.
+        """
         fd = self._fd
         if fd < 0:
             return 0, True
         chunks = [self._partial] if self._partial else []
         total = 0
         at_end = False
+        want = _PROBE
         while total < budget:
-            want = min(_READ_CHUNK, budget - total)
+            want = min(want, budget - total)
             chunk = os.read(fd, want)
+            short = len(chunk) < want
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                if final:
+                    chunk = chunk.replace(b"\0", b"")
+                else:
+                    os.lseek(fd, nul - len(chunk), os.SEEK_CUR)
+                    chunk = chunk[:nul]
+                    short = True
             total += len(chunk)
             if chunk:
                 chunks.append(chunk)
-            if len(chunk) < want:
+            if short:
                 at_end = True
                 break
+            want = _READ_CHUNK
         if not total:
             return 0, at_end
         data = b"".join(chunks)
