@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sys
@@ -70,6 +71,27 @@ def fork_while_logging(forks: int, count: int) -> None:
     stop.set()
     thread.join()
     log.info("thread total %d", background)
+
+
+def forked_child_shuts_down(count: int) -> None:
+    """A plain fork() child logs, then closes its handlers as interpreter exit
+    does; the parent goes on logging into the file it had at the fork."""
+    from nvrxlog import setup_logger
+
+    log = setup_logger()
+    for i in range(count):
+        log.info("parent i%d", i)
+    pid = os.fork()
+    if pid == 0:
+        for i in range(count):
+            log.info("child i%d", i)
+        logging.shutdown()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"forked child failed: {status}")
+    for i in range(count, 2 * count):
+        log.info("parent i%d", i)
 
 
 def force_reset_subprocess(count: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,10 @@ def main() -> None:
     parser.add_argument("--done-dir", help="create <done-dir>/<rank> when finished logging")
     parser.add_argument("--wait-ranks", type=int, default=0, help="wait for this many done files before exiting")
     parser.add_argument("--traceback", action="store_true", help="also log one exception")
+    parser.add_argument(
+        "--big", type=int, default=0, help="also log one message of N 2-byte characters, halfway"
+    )
+    parser.add_argument("--hang", action="store_true", help="after the done file, wait to be killed")
     args = parser.parse_args()
 
     from nvrxlog import setup_logger
@@ -28,6 +33,8 @@ def main() -> None:
     next_at = time.monotonic()
     for i in range(args.count):
         log.info("r%s i%d %s", rank, i, pad)
+        if args.big and i == args.count // 2:
+            log.info("r%s big %s", rank, "é" * args.big)
         if interval:
             next_at += interval
             delay = next_at - time.monotonic()
@@ -40,6 +47,8 @@ def main() -> None:
             log.exception("r%s failed", rank)
     if args.done_dir:
         Path(args.done_dir, rank).touch()
+    if args.hang:
+        signal.pause()
     if args.wait_ranks:
         deadline = time.monotonic() + 120
         while len(os.listdir(args.done_dir)) < args.wait_ranks:

@@ -66,3 +66,13 @@ def test_force_reset_in_a_subprocess(tmp_path: Path) -> None:
     assert [int(r["msg"].split()[1][1:]) for r in sub] == list(range(500))
     assert {r["rank"] for r in sub} == {"1"}
     assert _tags(records)["parent"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_forked_child_closing_its_handlers_leaves_the_parents_file_alone(tmp_path: Path) -> None:
+    """A fork() child that shuts logging down closes only its own file; the parent logs on, nothing lost."""
+    records = _run(tmp_path, "forked_child_shuts_down", 2000)
+    tags = _tags(records)
+    assert tags == {"parent": 4000, "child": 2000}, tags
+    parent = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith("parent ")]
+    assert parent == list(range(4000))

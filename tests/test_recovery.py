@@ -110,6 +110,65 @@ def test_half_record_of_a_dead_writer_is_reported_not_glued(tmp_path: Path) -> N
 
 
 @pytest.mark.timeout(30)
+def test_mapped_file_is_read_up_to_what_is_written_and_resumed_there(tmp_path: Path) -> None:
+    """A live writer's mapped file reads as NUL past its records: taken up to there, resumed there."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    tmp.mkdir()
+    writer = WriterId(prefix="w", local_rank=0, pid=os.getpid(), start_ns=time.time_ns())  # alive: this process
+    first, second = _record(0, "first"), _record(1, "second")
+    fd = os.open(tmp / file_name(writer, 0), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, 1 << 16)
+        os.pwrite(fd, first + second[:20], 0)  # the second record is half copied in
+        with NodeAggregator(str(tmp), str(logs), "n1"):
+            out = logs / "nvrx_log_n1.log"
+            wait_for(lambda: out.exists() and b"first" in out.read_bytes(), what="the first record")
+            os.pwrite(fd, second[20:] + _record(2, "third"), len(first) + 20)
+    finally:
+        os.close(fd)
+    assert _messages(logs) == ["first", "second", "third"]
+
+
+@pytest.mark.timeout(30)
+def test_mapped_file_of_a_dead_writer_reports_its_half_record(tmp_path: Path) -> None:
+    """A writer killed mid-copy leaves a half record before its NULs: reported, the rest delivered."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    tmp.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    writer = WriterId(prefix="w", local_rank=1, pid=int(dead.stdout), start_ns=time.time_ns() - 10**9)
+    content = _record(0, "complete") + _record(1, "cut short")[:30]
+    (tmp / file_name(writer, 0)).write_bytes(content + b"\0" * (300_000 - len(content)))
+    with NodeAggregator(str(tmp), str(logs), "n1"):
+        pass
+    msgs = _messages(logs)
+    assert msgs[0] == "complete"
+    assert len(msgs) == 2 and "half-written record (30 bytes)" in msgs[1]
+    assert list(tmp.glob("nvrx.*")) == []
+
+
+@pytest.mark.timeout(60)
+def test_rank_killed_right_after_logging_loses_nothing_it_logged(tmp_path: Path) -> None:
+    """kill -9 of a rank once its logger.info() calls returned: every record arrives, in order, whole."""
+    tmp, logs, done = tmp_path / "tmp", tmp_path / "logs", tmp_path / "done"
+    done.mkdir()
+    count, big = 20_000, 600_000  # ~4.2 MB: crosses mapped chunks, rotates, one 1.2 MB record over a chunk
+    env = child_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", RANK=3, NVRX_LOG_MAX_FILE_SIZE_KB=3000)
+    worker = start_worker("--count", count, "--pad", 100, "--big", big, "--done-dir", done, "--hang", env=env)
+    try:
+        wait_for(lambda: (done / "3").exists(), what="the rank to finish logging")
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
+    with NodeAggregator(str(tmp), str(logs), "n1"):
+        pass
+    msgs = _messages(logs)
+    assert [m for m in msgs if not m.startswith("r3 ")] == []
+    assert [int(m.split()[1][1:]) for m in msgs if " big " not in m] == list(range(count))
+    assert [len(m) for m in msgs if " big " in m] == [len("r3 big ") + big]
+    assert list(tmp.glob("nvrx.*")) == []
+
+
+@pytest.mark.timeout(30)
 def test_garbage_in_the_tmpdir_is_skipped_and_reported(tmp_path: Path) -> None:
     """Junk files, a symlink, a directory and non-UTF-8 bytes are reported; real records still arrive."""
     tmp, logs = tmp_path / "tmp", tmp_path / "logs"
