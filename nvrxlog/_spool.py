@@ -1,9 +1,10 @@
 """The forwarder's on-disk spool: batches waiting for the streamer's acknowledgement.
 
-Batches are appended as orjson lines (``{"b": seq, "c": watermark, "n": count, "r": [records]}``) to
-segment files; a segment is deleted once every batch in it is acknowledged.
-The spool is bounded: past ``max_bytes`` its oldest segment is dropped and the
-batch range it held is returned so the loss can be stated exactly.
+Batches are appended as orjson lines (``{"b": seq, "c": watermark, "n": count, ...}``,
+the records packed as columns by ``_columns``) to segment files; a segment is
+deleted once every batch in it is acknowledged. The spool is bounded: past
+``max_bytes`` its oldest segment is dropped and the batch range it held is
+returned so the loss can be stated exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import BinaryIO
 
 import orjson
 
+from ._columns import pack
 from ._fileio import write_all
 
 __all__ = ["Spool", "Dropped"]
@@ -66,11 +68,12 @@ class Spool:
         ``watermark``: the node has now handed over every record up to this time.
         ``count``: how many of ``records`` are the job's own (default: all).
         """
+        body = pack(records)
         with self._lock:
             seq = self.next_seq
             self.next_seq += 1
             n = len(records) if count is None else count
-            data = orjson.dumps({"b": seq, "c": watermark, "n": n, "r": records}) + b"\n"
+            data = orjson.dumps({"b": seq, "c": watermark, "n": n, **body}) + b"\n"
             if self._fd < 0 or self._segments[self._current][1] >= self.segment_bytes:
                 self._roll(seq)
             write_all(self._fd, data)

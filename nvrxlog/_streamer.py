@@ -12,7 +12,8 @@ import bisect
 import os
 import threading
 import time
-from operator import itemgetter
+from itertools import islice, repeat
+from operator import le, setitem
 
 import orjson
 import zmq
@@ -20,10 +21,12 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from ._checkpoint import load_checkpoint, open_output, save_checkpoint
+from ._columns import COLUMNS, unpack
 from ._config import sanitize_name
 from ._exceptions import ConfigError, LifecycleError, TransportError
 from ._fileio import write_all
 from ._format import LineFormat
+from ._merge import Chunk, MergeBuffer
 from ._record import notice_record
 from ._report import ErrorCounter
 from ._service import Service
@@ -45,7 +48,6 @@ from ._wakeup import Wakeup
 
 __all__ = ["Streamer"]
 
-_key = itemgetter(0)
 _INF = float("inf")
 _MAX_NAME = 64
 
@@ -130,10 +132,11 @@ class Streamer(Service):
         self._watermarks: dict[str, int] = {}  # node -> it has sent everything up to this time
         self._written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
         self._received: dict[str, int] = {}  # the same, counting records still held for merging
+        self._last_key: dict[str, int] = {}  # "node|writer" -> its latest merge key
         # Records held for merging, as sorted chunks (one per batch): a flush
         # takes what is ready from each chunk and sorts only that, instead of
         # re-sorting everything held while a slow node catches up.
-        self._pending: list[list[tuple]] = []
+        self._pending = MergeBuffer()
         self._names: dict[str, str] = {}
         self._last_written_ts = 0
         self._out_fd = -1
@@ -249,12 +252,17 @@ class Streamer(Service):
                     if item is pub:
                         self._subscriptions(pub)
                         continue
-                    for _ in range(2000):  # then flush, so acks keep flowing under load
+                    # Receive until the flush is due, so under load lines keep
+                    # coming out, acks keep flowing and what is held stays small.
+                    due = last_flush + self._ckpt_s
+                    while True:
                         try:
                             frames = router.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         self._handle(router, frames)
+                        if time.monotonic() >= due:
+                            break
                 now = time.monotonic()
                 if now - last_flush >= self._ckpt_s:
                     last_flush = now
@@ -350,13 +358,92 @@ class Streamer(Service):
     def _batch(self, session: _Session, payload: bytes) -> None:
         batch = orjson.loads(payload)
         seq = batch["b"]
-        records = batch["r"]
         watermark = batch.get("c", 0)
-        if type(seq) is not int or type(records) is not list or type(watermark) is not int:
-            raise TypeError("a batch needs an int 'b', an int 'c' and a list 'r'")
+        if type(seq) is not int or type(watermark) is not int:
+            raise TypeError("a batch needs an int 'b' and an int 'c'")
         node = session.node
-        written, received = self._written, self._received
-        chunk: list[tuple] = []
+        if "t" in batch:
+            chunk, newest = self._new_columns(node, batch)
+        else:
+            records = batch["r"]
+            if type(records) is not list:
+                raise TypeError("a batch needs columns or a list 'r'")
+            chunk, newest = self._new_records_one_by_one(node, records)
+        self._pending.add(chunk)
+        self.stats["batches"] += 1
+        session.acks.append((seq, newest))
+        self._advance(node, watermark)
+
+    def _new_columns(self, node: str, body: dict) -> tuple[Chunk, int]:
+        """The new records of a packed batch (see ``_columns``), checked and formatted column by column."""
+        columns = [body[name] for name in COLUMNS]
+        profiles, levels, files = body["P"], body["L"], body["F"]
+        ts, seqs, p, lv, fi, line_numbers, msgs = columns
+        n = len(ts)
+        if any(type(column) is not list or len(column) != n for column in columns) or not n:
+            raise TypeError("a batch's columns must be lists of one length")
+        # Checked in C: a sum of ints is an int (a float or a string is not).
+        for column in (ts, seqs, p, lv, fi):
+            if type(sum(column)) is not int:
+                raise TypeError("a batch's times, seqs and indexes must be ints")
+        for index, table in ((p, profiles), (lv, levels), (fi, files)):
+            if min(index) < 0 or max(index) >= len(table):
+                raise ValueError("a batch's table index is out of range")
+        keys_of, nodes_of, labels_of = [], [], []
+        for profile in profiles:
+            raw = profile[6] if len(profile) > 6 else None
+            name = node if raw is None else self._name(raw)  # a relay's records name their node
+            keys_of.append(self._record_key(name, profile[0]))
+            nodes_of.append(name)
+            labels_of.append(self._format.label(tuple(profile[1:5])))
+        keys = list(map(keys_of.__getitem__, p))
+        if not self._all_new(keys, seqs, ts):
+            return self._new_records_one_by_one(node, unpack(body))
+        lines = None
+        if not self._format.json:
+            lines = self._format.column_lines(
+                ts,
+                map(levels.__getitem__, lv),
+                map(nodes_of.__getitem__, p),
+                map(labels_of.__getitem__, p),
+                map(files.__getitem__, fi),
+                line_numbers,
+                msgs,
+                n,
+            )
+        # Records as dicts cost more than everything else here: made only for
+        # a relay, a live view or a format that needs them.
+        records: list = [None] * n
+        if lines is None or self._forwarder is not None or self._watchers:
+            records = unpack(body)
+            any(map(setitem, records, repeat("node"), map(nodes_of.__getitem__, p)))
+            if lines is None:
+                lines = self._format.lines(records)
+        return Chunk(ts, keys, seqs, records, lines), ts[-1]
+
+    def _all_new(self, keys: list[str], seqs: list[int], ts: list[int]) -> bool:
+        """Take the records as new if they plainly are; False (nothing taken) if it needs a closer look.
+
+        Plainly new: times never decrease, and each writer's first seq is past
+        what arrived from it, at a time no earlier than its last (so its
+        records stay in order). Resends overlap what arrived and look closer.
+        """
+        if not all(map(le, ts, islice(ts, 1, None))):
+            return False
+        received, last_key = self._received, self._last_key
+        first_ts = dict(zip(reversed(keys), reversed(ts), strict=True))
+        for key, first in dict(zip(reversed(keys), reversed(seqs), strict=True)).items():
+            if first <= received.get(key, -1) or first_ts[key] < last_key.get(key, 0):
+                return False
+        # Later entries win: each writer's last seq and time.
+        received.update(zip(keys, seqs, strict=True))
+        last_key.update(zip(keys, ts, strict=True))
+        return True
+
+    def _new_records_one_by_one(self, node: str, records: list) -> tuple[Chunk, int]:
+        """Check and de-duplicate record by record; return the new ones and the newest time held."""
+        written, received, last_key = self._written, self._received, self._last_key
+        items: list[tuple] = []
         keys: dict[object, str] = {}  # writer -> "node|writer", per batch (a batch holds few writers)
         newest = -1
         bad = 0
@@ -368,41 +455,45 @@ class Streamer(Service):
                 if type(rseq) is not int or type(ts) is not int:
                     raise TypeError
                 writer = record.get("w", "?")
-                key = keys.get(writer) if "node" not in record else None
-                if key is None:
-                    key = self._record_key(record, node, writer)
-                    if "node" not in record:
-                        keys[writer] = key
+                raw = record.get("node")
+                if raw is None:
+                    key = keys.get(writer) or keys.setdefault(writer, self._record_key(node, writer))
+                else:  # relayed: the record names its own node
+                    record["node"] = name = self._name(raw)
+                    key = self._record_key(name, writer)
             except (KeyError, TypeError, AttributeError):
                 bad += 1
                 continue
             if rseq > received.get(key, -1):  # the common case: new
                 received[key] = rseq
+                # A writer's merge key never goes back (a clock step back on a
+                # rank, or a node resending out of order), so its records stay in order.
+                previous = last_key.get(key, 0)
+                if ts < previous:
+                    ts = previous
+                else:
+                    last_key[key] = ts
                 if ts > newest:
                     newest = ts
-                if "node" not in record:
+                if raw is None:
                     record["node"] = node
-                chunk.append((ts, key, rseq, record))
+                items.append((ts, key, rseq, record))
                 continue
             duplicates += 1
             if rseq > written.get(key, -1) and ts > newest:
                 newest = ts  # held for merging already: its ack waits for it
         self.stats["duplicates"] += duplicates
-        if chunk:
-            chunk.sort()  # a node's batch is already (nearly) in time order: cheap
-            self._pending.append(chunk)
-        self.stats["batches"] += 1
-        session.acks.append((seq, newest))
-        self._advance(node, watermark)
         if bad:
             self.stats["bad_frames"] += bad
             self._notice(f"dropped {bad} malformed record(s) in a batch from {node}")
+        if items:
+            lines = self._format.lines([item[3] for item in items])
+            items = [(*item, line) for item, line in zip(items, lines, strict=True)]
+        return Chunk.of(items), newest
 
-    def _record_key(self, record: dict, node: str, writer: object) -> str:
-        """``node|writer`` for de-duplication; relayed records name their own node."""
-        raw = record.get("node")
-        if raw is not None:
-            record["node"] = node = self._name(raw)
+    @staticmethod
+    def _record_key(node: str, writer: object) -> str:
+        """``node|writer``: what de-duplication and the checkpoint count by."""
         return f"{node}|{str(writer)[:200]}"
 
     def _advance(self, node: str, watermark: int) -> None:
@@ -445,24 +536,14 @@ class Streamer(Service):
             self._notice_seq, ts, f"nvrxlog streamer: {text}", level, node=self.name, w=f"streamer.{self._start_ns}"
         )
         self._received[key] = self._notice_seq
-        self._pending.append([(ts, key, self._notice_seq, record)])
+        self._pending.add(Chunk([ts], [key], [self._notice_seq], [record], self._format.lines([record])))
 
     # -- writing --------------------------------------------------------------------
 
     def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
         cutoff = _INF if final else self._cutoff()
-        ready: list[tuple] = []
-        held: list[list[tuple]] = []
-        oldest_held = _INF
-        for chunk in self._pending:
-            cut = len(chunk) if final else bisect.bisect_right(chunk, cutoff, key=_key)
-            ready.extend(chunk[:cut])
-            if cut < len(chunk):
-                held.append(chunk[cut:])
-                oldest_held = min(oldest_held, chunk[cut][0])
-        self._pending = held
-        if ready:
-            ready.sort()  # merges the chunks' sorted runs
+        ready, oldest_held = self._pending.take(cutoff)
+        if ready is not None:
             self._write(ready, pub, time.time_ns() if cutoff == _INF else cutoff)
             # Only writing changes what is durable; an idle flush saves nothing.
             # Acks below stay safe: a batch is acked once its newest record is
@@ -483,23 +564,24 @@ class Streamer(Service):
                 except zmq.Again:
                     pass  # the node resends and is acknowledged again
 
-    def _write(self, ready: list[tuple], pub: zmq.Socket, watermark: int) -> None:
-        line = self._format.line
-        records = [item[3] for item in ready]
-        data = "".join([line(r, r["node"]) for r in records]).encode("utf-8", "backslashreplace")
-        write_all(self._out_fd, data)
-        written = self._written
-        for _, key, seq, _ in ready:
-            written[key] = seq
-        if ready[0][0] < self._last_written_ts:
+    def _write(self, ready: Chunk, pub: zmq.Socket, watermark: int) -> None:
+        records = ready.records
+        write_all(self._out_fd, "".join(ready.lines).encode("utf-8", "backslashreplace"))
+        # In merged order a writer's records keep their order: the last seq of each is its highest.
+        self._written.update(zip(ready.keys, ready.seqs, strict=True))
+        ts = ready.ts
+        if ts[0] < self._last_written_ts:
             # Older than lines already written: it came from a node that lagged
             # more than max_hold (or reached its own node late). Written, counted.
-            self.stats["late"] += sum(1 for r in ready if r[0] < self._last_written_ts)
-        self._last_written_ts = max(self._last_written_ts, ready[-1][0])
-        self.stats["records"] += len(ready)
+            self.stats["late"] += bisect.bisect_left(ts, self._last_written_ts)
+        self._last_written_ts = max(self._last_written_ts, ts[-1])
+        self.stats["records"] += len(records)
         if self._watchers:
+            # Records that arrived before anyone watched were not kept as dicts.
+            shown = [r for r in records if r is not None]
             try:
-                pub.send_multipart([b"rec", orjson.dumps(records)], zmq.NOBLOCK)
+                if shown:
+                    pub.send_multipart([b"rec", orjson.dumps(shown)], zmq.NOBLOCK)
             except zmq.Again:
                 pass  # no subscriber keeps up: live view only, the file has everything
         if self._forwarder is not None:

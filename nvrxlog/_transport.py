@@ -5,9 +5,10 @@ Every message is a multipart ZeroMQ message whose first frame is its kind:
 ==========  ======================  ===============================================
 direction   kind                    payload (orjson unless said otherwise)
 ==========  ======================  ===============================================
-node ->     ``H`` hello             ``{"node": id, "v": 1}``
+node ->     ``H`` hello             ``{"node": id, "v": 2}``
 node ->     ``B`` batches           one or more spool lines (a frame each):
-                                    ``{"b": seq, "c": watermark, "n": count, "r": [...]}``
+                                    ``{"b": seq, "c": watermark, "n": count, ...}``, the
+                                    records as columns (``_columns``) or as ``"r": [...]``
 node ->     ``P`` ping              optional watermark (ascii ns) once every batch is sent
 node ->     ``Q`` quit              none: everything is acknowledged and nothing more will come
 anyone ->   ``T`` tail info         none
@@ -50,7 +51,7 @@ __all__ = ["Forwarder", "CurveKeys", "HELLO", "BATCH", "PING", "TAIL", "QUIT", "
 
 HELLO, BATCH, PING, TAIL, QUIT = b"H", b"B", b"P", b"T", b"Q"
 WELCOME, ACK, RESET, INFO = b"W", b"A", b"R", b"I"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_BATCH_RECORDS = 1000
 MAX_MESSAGE_BYTES = 64 << 20
 _MESSAGE_TARGET = 1 << 20  # consecutive small batches travel together up to this size

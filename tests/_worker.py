@@ -18,9 +18,7 @@ def main() -> None:
     parser.add_argument("--done-dir", help="create <done-dir>/<rank> when finished logging")
     parser.add_argument("--wait-ranks", type=int, default=0, help="wait for this many done files before exiting")
     parser.add_argument("--traceback", action="store_true", help="also log one exception")
-    parser.add_argument(
-        "--big", type=int, default=0, help="also log one message of N 2-byte characters, halfway"
-    )
+    parser.add_argument("--big", type=int, default=0, help="also log one message of N 2-byte characters, halfway")
     parser.add_argument("--hang", action="store_true", help="after the done file, wait to be killed")
     args = parser.parse_args()
 

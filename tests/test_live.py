@@ -12,7 +12,7 @@ import orjson
 import pytest
 import zmq
 from _net import assert_exactly_once, json_lines
-from conftest import child_env, emit, raw_record, wait_for
+from conftest import child_env, emit, parse_text_records, raw_record, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog._config import LogConfig
@@ -67,7 +67,8 @@ def test_tail_filters_by_rank_and_level_and_folds_repeats(tmp_path: Path) -> Non
 @pytest.mark.timeout(90)
 def test_relay_passes_everything_upward_exactly_once(tmp_path: Path) -> None:
     """Nodes -> relay -> top: the top file has every record once, with the original node names."""
-    with Streamer("tcp://127.0.0.1:0", str(tmp_path / "top.log"), json=True) as top:
+    # The top writes text: records that name their own node take the same column path as a node's.
+    with Streamer("tcp://127.0.0.1:0", str(tmp_path / "top.log")) as top:
         with Streamer(
             "tcp://127.0.0.1:0", str(tmp_path / "relay.log"), json=True, forward=top.endpoint, name="relay1"
         ) as relay:
@@ -82,7 +83,8 @@ def test_relay_passes_everything_upward_exactly_once(tmp_path: Path) -> None:
         assert relay.stats["undelivered"] == 0
     expected = {("n0", 0): 1000, ("n1", 1): 1000}
     assert_exactly_once(json_lines(tmp_path / "relay.log"), expected)
-    assert_exactly_once(json_lines(tmp_path / "top.log"), expected)
+    top_lines = parse_text_records(tmp_path / "top.log")
+    assert_exactly_once([dict(r, rank=int(r["rank"])) for r in top_lines if r["rank"] != "?"], expected)
 
 
 @pytest.mark.timeout(60)

@@ -152,12 +152,12 @@ def test_aggregator_killed_and_restarted_delivers_everything_once_to_the_streame
 def test_each_batch_of_a_large_submit_promises_only_what_follows_it(tmp_path: Path) -> None:
     """A submit split into batches gives each batch a watermark below the records of the later batches."""
     forwarder = Forwarder("tcp://127.0.0.1:1", "n0", str(tmp_path / "spool"))
-    records = [raw_record(i, f"m{i}", ts=1_000_000 + i) for i in range(2500)]
+    records = [raw_record(i, f"m{i}", ts=1_000_000 + i, w="w0") for i in range(2500)]
     forwarder.submit(records, watermark=5_000_000)
     marks = []
     while (batch := forwarder.spool.next_batch()) is not None:
         decoded = orjson.loads(batch[1])
-        marks.append((decoded["c"], decoded["r"][0]["ts"], decoded["r"][-1]["ts"]))
+        marks.append((decoded["c"], decoded["t"][0], decoded["t"][-1]))
     assert [m[0] for m in marks] == [1_000_000 + 1000 - 1, 1_000_000 + 2000 - 1, 5_000_000]
     assert all(mark >= last for mark, _, last in marks), "a batch's watermark covers its own records"
     forwarder.spool.close()

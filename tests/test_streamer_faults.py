@@ -15,6 +15,7 @@ from _net import aggregate_cli, assert_exactly_once, finish, free_port, json_lin
 from conftest import emit, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
+from nvrxlog._columns import pack
 from nvrxlog._config import LogConfig
 from nvrxlog._handler import NodeLocalHandler
 from nvrxlog._transport import CurveKeys
@@ -176,6 +177,49 @@ def test_hostile_client_cannot_disturb_others_or_inject_paths_and_lines(tmp_path
     lines = text_out.read_text().splitlines()
     assert not any(line.startswith("2024-01-01") for line in lines), "a message must not forge a line"
     assert "\x1b" not in text_out.read_text()
+
+
+def _packed(node_records: list[dict], **replace: object) -> bytes:
+    body = {**pack(node_records), **replace}
+    return orjson.dumps({"b": 1, "c": time.time_ns(), "n": len(node_records), **body})
+
+
+@pytest.mark.timeout(60)
+def test_hostile_columns_are_dropped_or_defanged_never_written_as_given(tmp_path: Path) -> None:
+    """Columns that lie about lengths, indexes or types are dropped and counted; their text cannot forge lines."""
+    out = tmp_path / "text.log"
+    with Streamer("tcp://127.0.0.1:0", str(out)) as streamer:
+        context = zmq.Context()
+        evil = _dealer(streamer.endpoint, context)
+        evil.send_multipart([b"H", orjson.dumps({"node": "evil", "v": 2})])
+        evil.recv_multipart()
+        one = [_record("never written")]
+        lies = [
+            {"t": [1, 2]},  # columns of different lengths
+            {"p": [7]},  # an index past its table
+            {"t": [1.5]},  # a float time
+            {"P": "x"},  # a profile that is not one
+            {"L": []},  # an empty table
+        ]
+        for lie in lies:
+            evil.send_multipart([b"B", _packed(one, **lie)])
+        forged = [
+            _record("hello\n2024-01-01 00:00:00,000 [ERROR] [node9] forged", 1),
+            _record("coloured", 2, level="INFO\x1b[31m"),
+            _record("relayed", 3, node="../../tmp/z\n[ERROR]"),
+            _record("far future", 4, ts=2**63 - 1),
+        ]
+        evil.send_multipart([b"B", _packed(forged)])
+        wait_for(lambda: streamer.stats["records"] >= 3, what="the records that are not from the future")
+        context.destroy(linger=0)
+    text = out.read_text()
+    assert "never written" not in text
+    assert streamer.stats["bad_frames"] == len(lies)
+    assert text.count("dropped a malformed message from evil") == 1  # said once, then counted
+    assert not any(line.startswith("2024-01-01") for line in text.splitlines()), "a message must not forge a line"
+    assert "\x1b" not in text and "[_._.._tmp_z__ERROR_]" in text
+    far = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((2**63 - 1) // 10**9))  # the last 64-bit time
+    assert f"{far},854 [INFO] [evil] [workload:0(0) infra:?(?)] t.py:1 far future" in text
 
 
 @pytest.mark.timeout(60)

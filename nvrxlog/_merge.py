@@ -1,0 +1,83 @@
+"""Records held for a time-ordered merge: sorted columns per batch, cut at a cutoff.
+
+A batch's records are kept as columns (merge key, writer key, seq, record,
+output line) sorted by merge key, so cutting at a cutoff is a bisection and merging the
+ready parts of many batches is one sort of integers, all in C: the streamer
+does this for every record it receives.
+"""
+
+from __future__ import annotations
+
+import bisect
+from itertools import chain
+from operator import itemgetter
+from typing import NamedTuple
+
+__all__ = ["Chunk", "MergeBuffer"]
+
+
+class Chunk(NamedTuple):
+    """Columns of one batch's records, in merge-key order."""
+
+    ts: list[int]  # merge keys: per writer never decreasing
+    keys: list[str]  # "node|writer"
+    seqs: list[int]
+    records: list[dict]
+    lines: list[str]  # the output line of each record
+
+    @staticmethod
+    def of(items: list[tuple[int, str, int, dict, str]]) -> Chunk:
+        """A chunk from ``(ts, key, seq, record, line)`` tuples in any order.
+
+        The sort is by time only and stable, so records of one writer with
+        equal times keep their order.
+        """
+        items.sort(key=_first)
+        return Chunk(*map(list, zip(*items, strict=True))) if items else Chunk([], [], [], [], [])
+
+
+_first = itemgetter(0)
+
+
+class MergeBuffer:
+    """Chunks waiting until the cutoff passes them, in arrival order."""
+
+    def __init__(self) -> None:
+        self._chunks: list[Chunk] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    def add(self, chunk: Chunk) -> None:
+        """Hold ``chunk`` (sorted by ``ts``) until a cutoff reaches it."""
+        if chunk.ts:
+            self._chunks.append(chunk)
+
+    def take(self, cutoff: float) -> tuple[Chunk | None, float]:
+        """Everything with ``ts <= cutoff``, merged by time; and the oldest ``ts`` still held.
+
+        The merge is stable and chunks are taken in arrival order, so a
+        writer's records (whose keys never decrease) come out in its order.
+        """
+        ready: list[Chunk] = []
+        held: list[Chunk] = []
+        oldest_held = float("inf")
+        for chunk in self._chunks:
+            ts = chunk.ts
+            cut = bisect.bisect_right(ts, cutoff)
+            if cut == len(ts):
+                ready.append(chunk)
+                continue
+            if cut:
+                ready.append(Chunk(*(column[:cut] for column in chunk)))
+                chunk = Chunk(*(column[cut:] for column in chunk))
+            held.append(chunk)
+            oldest_held = min(oldest_held, chunk.ts[0])
+        self._chunks = held
+        if len(ready) <= 1:
+            return (ready[0] if ready else None), oldest_held
+        columns = [list(chain.from_iterable(column)) for column in zip(*ready, strict=True)]
+        ts = columns[0]
+        order = sorted(range(len(ts)), key=ts.__getitem__)  # timsort: merges the chunks' runs
+        gather = itemgetter(*order)
+        return Chunk(*(list(gather(column)) for column in columns)), oldest_held
