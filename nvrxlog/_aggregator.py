@@ -212,7 +212,7 @@ class NodeAggregator(Service):
             self._notice(problem)
         self._ckpt = ckpt
         try:
-            self._out_fd, cut = open_output(self.out_path, ckpt)
+            self._out_fd, cut = open_output(self.out_path, ckpt, self.checkpoint_path)
             self.stats["recovered_bytes_cut"] += cut
         except OSError as exc:
             raise TmpDirError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc

@@ -64,17 +64,23 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
     os.replace(tmp, path)
 
 
-def open_output(path: str, checkpoint: Checkpoint) -> tuple[int, int]:
+def open_output(path: str, checkpoint: Checkpoint, checkpoint_path: str) -> tuple[int, int]:
     """Open the output ``path`` for appending, cut back to what ``checkpoint`` covers.
 
     Bytes past the checkpoint were written by a process that died before it
     could checkpoint them; they are produced again, so keeping them would write
-    them twice. Returns ``(fd, bytes cut)``; raises ``OSError``.
+    them twice. An output the checkpoint does not cover yet (none was saved) is
+    adopted as it is, and that is saved at once: a process that dies before
+    its first checkpoint must not leave lines that its restart writes again.
+    Returns ``(fd, bytes cut)``; raises ``OSError``.
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     try:
         size = os.fstat(fd).st_size
-        cut = size - checkpoint.out_size if checkpoint.out == path and size > checkpoint.out_size else 0
+        if checkpoint.out != path:
+            checkpoint.out, checkpoint.out_size, checkpoint.writers = path, size, {}
+            save_checkpoint(checkpoint_path, checkpoint)
+        cut = size - checkpoint.out_size if size > checkpoint.out_size else 0
         if cut:
             os.ftruncate(fd, checkpoint.out_size)
     except OSError:

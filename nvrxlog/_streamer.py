@@ -183,12 +183,11 @@ class Streamer(Service):
         self._ckpt = ckpt
         try:
             os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
-            self._out_fd, _ = open_output(self.out_path, ckpt)
+            self._out_fd, _ = open_output(self.out_path, ckpt, self.checkpoint_path)
         except OSError as exc:
             raise TransportError(f"cannot open {self.out_path}: {exc.strerror}") from exc
-        if ckpt.out == self.out_path:
-            self._written = dict(ckpt.writers)
-            self._received = dict(ckpt.writers)
+        self._written = dict(ckpt.writers)
+        self._received = dict(ckpt.writers)
         if problem:
             self._notice(problem)
 

@@ -66,6 +66,27 @@ def test_kill_9_of_the_aggregator_under_load_loses_and_doubles_nothing(tmp_path:
         assert indexes == list(range(count)), f"{rank}: lost or doubled records after kill -9"
 
 
+@pytest.mark.timeout(60)
+def test_node_file_lines_of_an_aggregator_killed_before_its_first_checkpoint_are_cut(tmp_path: Path) -> None:
+    """kill -9 of an aggregator that never checkpointed: its restart cuts what it wrote, keeps what was there."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    logs.mkdir()
+    out = logs / "nvrx_log_n1.log"
+    out.write_text("a line of an earlier job\n")
+    aggregator = _aggregate_cli(tmp, logs, tmp_path / "stop")
+    try:
+        # Idle, it saves no checkpoint of its own: the one taken on opening the file is all there is.
+        wait_for(lambda: (logs / ".nvrx_log_n1.ckpt").exists(), what="the checkpoint of the opened node file")
+    finally:
+        aggregator.kill()
+        aggregator.wait(timeout=10)
+    with open(out, "a") as f:
+        f.write("a line written by the killed aggregator before it checkpointed\n")
+    with NodeAggregator(str(tmp), str(logs), "n1"):
+        pass
+    assert out.read_text() == "a line of an earlier job\n"
+
+
 def _record(seq: int, msg: str) -> bytes:
     return orjson.dumps(raw_record(seq, msg)) + b"\n"
 

@@ -161,3 +161,17 @@ def test_each_batch_of_a_large_submit_promises_only_what_follows_it(tmp_path: Pa
     assert [m[0] for m in marks] == [1_000_000 + 1000 - 1, 1_000_000 + 2000 - 1, 5_000_000]
     assert all(mark >= last for mark, _, last in marks), "a batch's watermark covers its own records"
     forwarder.spool.close()
+
+
+@pytest.mark.timeout(60)
+def test_lines_written_before_the_first_checkpoint_are_cut_on_restart(tmp_path: Path) -> None:
+    """A streamer that died before its first checkpoint: its restart cuts what it wrote (that comes again)."""
+    out = tmp_path / "cluster.log"
+    out.write_text("a line of an earlier job\n")
+    with Streamer("tcp://127.0.0.1:0", str(out)):
+        pass  # opens the output: from now on a checkpoint covers it, as it was
+    with open(out, "a") as f:
+        f.write("a line written by a run that died before it checkpointed\n")
+    with Streamer("tcp://127.0.0.1:0", str(out)):
+        pass
+    assert out.read_text() == "a line of an earlier job\n"
