@@ -49,6 +49,15 @@ def _rank_steps(records: list[dict], torchrun: bool) -> dict[int, list[int]]:
     return steps
 
 
+def _job_report(result: subprocess.CompletedProcess) -> str:
+    """What SLURM says of a failed job (state, reason, exit code), for the failure message."""
+    job = result.stdout.split()[-1] if result.stdout.strip() else ""
+    if not job.isdigit():
+        return f"(no job id in {result.stdout!r})"
+    show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30)
+    return show.stdout + show.stderr
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "script, tasks",
@@ -76,7 +85,8 @@ def test_sbatch_script_delivers_every_rank_once_to_node_and_cluster_files(
         cwd=tmp_path,  # SLURM_SUBMIT_DIR is where sbatch runs, as for a user submitting from the job's directory
     )
     job_output = "".join(p.read_text() for p in tmp_path.glob("*.out"))
-    assert result.returncode == 0, f"{result.stderr}\n{job_output[-3000:]}"
+    if result.returncode != 0:
+        pytest.fail(f"sbatch exited {result.returncode}\n{result.stderr}\n{job_output[-3000:]}\n{_job_report(result)}")
     (log_dir,) = (tmp_path / "nvrx_logs").iterdir()
     node_file = next(log_dir.glob("nvrx_log_*.log"))
     for path in (node_file, log_dir / "cluster.log"):
