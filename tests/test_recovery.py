@@ -115,18 +115,20 @@ def test_half_written_record_is_completed_exactly_once_after_restart(tmp_path: P
 
 
 @pytest.mark.timeout(30)
-def test_half_record_of_a_dead_writer_is_reported_not_glued(tmp_path: Path) -> None:
-    """A writer that died mid-record: its half record is reported, its files are removed."""
+@pytest.mark.parametrize("unwritten", [0, 300_000], ids=["written", "mapped"])
+def test_half_record_of_a_dead_writer_is_reported_not_glued(tmp_path: Path, unwritten: int) -> None:
+    """A writer that died mid-record (before NULs, if it wrote a mapped file): reported, its files removed."""
     tmp, logs = tmp_path / "tmp", tmp_path / "logs"
     tmp.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     writer = WriterId(prefix="w", local_rank=1, pid=int(dead.stdout), start_ns=time.time_ns() - 10**9)
-    (tmp / file_name(writer, 0)).write_bytes(_record(0, "complete") + _record(1, "cut short")[:30])
+    content = _record(0, "complete") + _record(1, "cut short")[:30]
+    (tmp / file_name(writer, 0)).write_bytes(content + b"\0" * unwritten)
     with NodeAggregator(str(tmp), str(logs), "n1"):
         pass
     msgs = _messages(logs)
     assert msgs[0] == "complete"
-    assert len(msgs) == 2 and "half-written record" in msgs[1]
+    assert len(msgs) == 2 and "half-written record (30 bytes)" in msgs[1]
     assert list(tmp.glob("nvrx.*")) == []
 
 
@@ -148,23 +150,6 @@ def test_mapped_file_is_read_up_to_what_is_written_and_resumed_there(tmp_path: P
     finally:
         os.close(fd)
     assert _messages(logs) == ["first", "second", "third"]
-
-
-@pytest.mark.timeout(30)
-def test_mapped_file_of_a_dead_writer_reports_its_half_record(tmp_path: Path) -> None:
-    """A writer killed mid-copy leaves a half record before its NULs: reported, the rest delivered."""
-    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
-    tmp.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    writer = WriterId(prefix="w", local_rank=1, pid=int(dead.stdout), start_ns=time.time_ns() - 10**9)
-    content = _record(0, "complete") + _record(1, "cut short")[:30]
-    (tmp / file_name(writer, 0)).write_bytes(content + b"\0" * (300_000 - len(content)))
-    with NodeAggregator(str(tmp), str(logs), "n1"):
-        pass
-    msgs = _messages(logs)
-    assert msgs[0] == "complete"
-    assert len(msgs) == 2 and "half-written record (30 bytes)" in msgs[1]
-    assert list(tmp.glob("nvrx.*")) == []
 
 
 @pytest.mark.timeout(60)

@@ -107,12 +107,16 @@ def test_sixteen_nodes_flat_out_no_deadlock_all_delivered(tmp_path: Path) -> Non
     assert_exactly_once(json_lines(tmp_path / "cluster.log"), {(f"n{n}", n): 2000 for n in range(16)})
 
 
-def _dealer(endpoint: str, context: zmq.Context, curve: CurveKeys | None = None) -> zmq.Socket:
+def _dealer(endpoint: str, context: zmq.Context, curve: CurveKeys | None = None, node: str = "") -> zmq.Socket:
+    """A raw DEALER to the streamer; with ``node``, it has said hello and been welcomed."""
     sock = context.socket(zmq.DEALER)
     sock.linger = 0
     if curve:
         curve.apply(sock)
     sock.connect(endpoint)
+    if node:
+        sock.send_multipart([b"H", orjson.dumps({"node": node, "v": 2})])
+        assert sock.recv_multipart()[0] == b"W"
     return sock
 
 
@@ -168,9 +172,7 @@ def test_hostile_client_cannot_disturb_others_or_inject_paths_and_lines(tmp_path
     text_out = tmp_path / "text.log"
     with Streamer("tcp://127.0.0.1:0", str(text_out)) as text_streamer:
         context = zmq.Context()
-        evil = _dealer(text_streamer.endpoint, context)
-        evil.send_multipart([b"H", orjson.dumps({"node": "n\x1b[31m", "v": 1})])
-        evil.recv_multipart()
+        evil = _dealer(text_streamer.endpoint, context, node="n\x1b[31m")
         evil.send_multipart([b"B", _batch([_record("hello\n2024-01-01 00:00:00,000 [ERROR] [node9] forged")])])
         wait_for(lambda: text_streamer.stats["records"] >= 1, what="the record")
         context.destroy(linger=0)
@@ -190,9 +192,7 @@ def test_hostile_columns_are_dropped_or_defanged_never_written_as_given(tmp_path
     out = tmp_path / "text.log"
     with Streamer("tcp://127.0.0.1:0", str(out)) as streamer:
         context = zmq.Context()
-        evil = _dealer(streamer.endpoint, context)
-        evil.send_multipart([b"H", orjson.dumps({"node": "evil", "v": 2})])
-        evil.recv_multipart()
+        evil = _dealer(streamer.endpoint, context, node="evil")
         one = [_record("never written")]
         lies = [
             {"t": [1, 2]},  # columns of different lengths
