@@ -130,12 +130,19 @@ _TEXT = "%s [%s] [%s] %s %s:%s %s\n"
 class _Stamps(dict):
     """Millisecond -> ``YYYY-mm-dd HH:MM:SS,mmm``, made on first use, bounded."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._prefix = ""
+
     def __missing__(self, milli: int) -> str:
         if len(self) >= 65536:
             self.clear()
-        # Times are checked to be ints, and orjson decodes ints of 64 bits only:
-        # always in localtime's range (years 1677-2262).
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(milli // 1000)) + f",{milli % 1000:03d}"
+        second = milli // 1000
+        if second != self._second:  # strftime once a second: records are mostly in time order
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        stamp = f"{self._prefix},{milli % 1000:03d}"
         self[milli] = stamp
         return stamp
 
