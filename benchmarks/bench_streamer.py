@@ -128,8 +128,14 @@ def ingest(work: str, nodes: int, per_node: int) -> dict[str, float]:
         elapsed = time.perf_counter() - start
         for proc in procs:
             proc.wait(120)
-        delivered = streamer.stats["records"]
+    delivered = _node_lines(os.path.join(work, "cluster.log"))
     return {"records": total, "delivered": delivered, "rate": delivered / elapsed, "ceiling": ceiling}
+
+
+def _node_lines(path: str) -> int:
+    """Lines of a cluster file that are the nodes' records (not the streamer's own notices)."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if b"nvrxlog streamer: " not in line)
 
 
 def scale(work: str, nodes: int, per_node: int) -> dict[str, float]:
@@ -153,8 +159,7 @@ def scale(work: str, nodes: int, per_node: int) -> dict[str, float]:
     elapsed = time.perf_counter() - start
     streamer.terminate()
     streamer.wait(60)
-    with open(out, "rb") as f:
-        delivered = sum(1 for line in f if b"nvrxlog streamer: " not in line)  # the nodes' own records only
+    delivered = _node_lines(out)
     return {
         "nodes": nodes,
         "records": nodes * per_node,

@@ -13,7 +13,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import NamedTuple
 
-__all__ = ["Chunk", "MergeBuffer"]
+__all__ = ["Chunk", "MergeBuffer", "Ready"]
 
 
 class Chunk(NamedTuple):
@@ -53,12 +53,8 @@ class MergeBuffer:
         if chunk.ts:
             self._chunks.append(chunk)
 
-    def take(self, cutoff: float) -> tuple[Chunk | None, float]:
-        """Everything with ``ts <= cutoff``, merged by time; and the oldest ``ts`` still held.
-
-        The merge is stable and chunks are taken in arrival order, so a
-        writer's records (whose keys never decrease) come out in its order.
-        """
+    def take(self, cutoff: float) -> tuple[Ready | None, float]:
+        """Everything with ``ts <= cutoff``; and the oldest ``ts`` still held."""
         ready: list[Chunk] = []
         held: list[Chunk] = []
         oldest_held = float("inf")
@@ -74,10 +70,31 @@ class MergeBuffer:
             held.append(chunk)
             oldest_held = min(oldest_held, chunk.ts[0])
         self._chunks = held
-        if len(ready) <= 1:
-            return (ready[0] if ready else None), oldest_held
-        columns = [list(chain.from_iterable(column)) for column in zip(*ready, strict=True)]
-        ts = columns[0]
-        order = sorted(range(len(ts)), key=ts.__getitem__)  # timsort: merges the chunks' runs
-        gather = itemgetter(*order)
-        return Chunk(*(list(gather(column)) for column in columns)), oldest_held
+        return (Ready(ready) if ready else None), oldest_held
+
+
+class Ready:
+    """The ready parts of the held chunks, in arrival order, merged by time on demand.
+
+    The merge is stable and the parts are in arrival order, so a writer's
+    records (whose keys never decrease) come out in its order. Only the
+    columns asked for are merged: per-writer and per-part facts (highest
+    seq, newest time) need no merge at all.
+    """
+
+    def __init__(self, parts: list[Chunk]) -> None:
+        self.parts = parts
+        self._gather: itemgetter | None = None
+
+    def __len__(self) -> int:
+        return sum(len(part.ts) for part in self.parts)
+
+    def merged(self, name: str) -> list:
+        """Column ``name`` of all parts, in time order."""
+        if len(self.parts) == 1:
+            return getattr(self.parts[0], name)
+        if self._gather is None:
+            ts = list(chain.from_iterable(part.ts for part in self.parts))
+            order = sorted(range(len(ts)), key=ts.__getitem__)  # timsort: merges the parts' runs
+            self._gather = itemgetter(*order)
+        return list(self._gather(list(chain.from_iterable(getattr(part, name) for part in self.parts))))

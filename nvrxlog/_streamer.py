@@ -26,7 +26,7 @@ from ._config import sanitize_name
 from ._exceptions import ConfigError, LifecycleError, TransportError
 from ._fileio import write_all
 from ._format import LineFormat
-from ._merge import Chunk, MergeBuffer
+from ._merge import Chunk, MergeBuffer, Ready
 from ._record import notice_record
 from ._report import ErrorCounter
 from ._service import Service
@@ -563,18 +563,21 @@ class Streamer(Service):
                 except zmq.Again:
                     pass  # the node resends and is acknowledged again
 
-    def _write(self, ready: Chunk, pub: zmq.Socket, watermark: int) -> None:
-        records = ready.records
-        write_all(self._out_fd, "".join(ready.lines).encode("utf-8", "backslashreplace"))
-        # In merged order a writer's records keep their order: the last seq of each is its highest.
-        self._written.update(zip(ready.keys, ready.seqs, strict=True))
-        ts = ready.ts
-        if ts[0] < self._last_written_ts:
-            # Older than lines already written: it came from a node that lagged
-            # more than max_hold (or reached its own node late). Written, counted.
-            self.stats["late"] += bisect.bisect_left(ts, self._last_written_ts)
-        self._last_written_ts = max(self._last_written_ts, ts[-1])
-        self.stats["records"] += len(records)
+    def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> None:
+        write_all(self._out_fd, "".join(ready.merged("lines")).encode("utf-8", "backslashreplace"))
+        last_written = self._last_written_ts
+        for part in ready.parts:
+            # In each part, and from part to part, a writer's records keep their order.
+            self._written.update(zip(part.keys, part.seqs, strict=True))
+            if part.ts[0] < last_written:
+                # Older than lines already written: it came from a node that lagged
+                # more than max_hold (or reached its own node late). Written, counted.
+                self.stats["late"] += bisect.bisect_left(part.ts, last_written)
+            self._last_written_ts = max(self._last_written_ts, part.ts[-1])
+        self.stats["records"] += len(ready)
+        if not self._watchers and self._forwarder is None:
+            return
+        records = ready.merged("records")
         if self._watchers:
             # Records that arrived before anyone watched were not kept as dicts.
             shown = [r for r in records if r is not None]
