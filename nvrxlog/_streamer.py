@@ -374,30 +374,35 @@ class Streamer(Service):
         self._advance(node, watermark)
 
     def _new_columns(self, node: str, body: dict) -> tuple[Chunk, int]:
-        """The new records of a packed batch (see ``_columns``), checked and formatted column by column."""
+        """The new records of a packed batch (see ``_columns``), checked and formatted column by column.
+
+        Everything that can find the batch malformed runs before anything
+        is taken as received: a dropped batch leaves no trace to be resent into.
+        """
         columns = [body[name] for name in COLUMNS]
         profiles, levels, files = body["P"], body["L"], body["F"]
         ts, seqs, p, lv, fi, line_numbers, msgs = columns
         n = len(ts)
-        if any(type(column) is not list or len(column) != n for column in columns) or not n:
+        if any(type(column) is not list or len(column) != n for column in columns):
             raise TypeError("a batch's columns must be lists of one length")
+        if not n:
+            return Chunk.of([]), -1
         # Checked in C: a sum of ints is an int (a float or a string is not).
         for column in (ts, seqs, p, lv, fi):
             if type(sum(column)) is not int:
                 raise TypeError("a batch's times, seqs and indexes must be ints")
         for index, table in ((p, profiles), (lv, levels), (fi, files)):
-            if min(index) < 0 or max(index) >= len(table):
+            if type(table) is not list or min(index) < 0 or max(index) >= len(table):
                 raise ValueError("a batch's table index is out of range")
         keys_of, nodes_of, labels_of = [], [], []
         for profile in profiles:
+            if type(profile) is not list or len(profile) < 6:
+                raise ValueError("a batch's profile needs a writer, four ranks and a pid")
             raw = profile[6] if len(profile) > 6 else None
             name = node if raw is None else self._name(raw)  # a relay's records name their node
             keys_of.append(self._record_key(name, profile[0]))
             nodes_of.append(name)
             labels_of.append(self._format.label(tuple(profile[1:5])))
-        keys = list(map(keys_of.__getitem__, p))
-        if not self._all_new(keys, seqs, ts):
-            return self._new_records_one_by_one(node, unpack(body))
         lines = None
         if not self._format.json:
             lines = self._format.column_lines(
@@ -410,6 +415,9 @@ class Streamer(Service):
                 msgs,
                 n,
             )
+        keys = list(map(keys_of.__getitem__, p))
+        if not self._all_new(keys, seqs, ts):
+            return self._new_records_one_by_one(node, unpack(body))
         # Records as dicts cost more than everything else here: made only for
         # a relay, a live view or a format that needs them.
         records: list = [None] * n

@@ -200,9 +200,11 @@ def test_hostile_columns_are_dropped_or_defanged_never_written_as_given(tmp_path
             {"t": [1.5]},  # a float time
             {"P": "x"},  # a profile that is not one
             {"L": []},  # an empty table
+            {"P": [["evil", 0, 0, None, None]]},  # a profile without its pid
         ]
         for lie in lies:
             evil.send_multipart([b"B", _packed(one, **lie)])
+        evil.send_multipart([b"B", _packed([])])  # empty, not malformed
         forged = [
             _record("hello\n2024-01-01 00:00:00,000 [ERROR] [node9] forged", 1),
             _record("coloured", 2, level="INFO\x1b[31m"),
