@@ -89,10 +89,10 @@ class NodeLocalHandler(SafeHandler):
             start_ns=time.time_ns(),
         )
         self._fd = -1
-        self._map: mmap.mmap | None = None  # the mapped chunk of the current file
+        # The mapped chunk of the current file; its position is where the next
+        # record goes. None (no file, or write(2) mode) sends records to _write_slow.
+        self._map: mmap.mmap | None = None
         self._base = 0  # file offset of the mapped chunk
-        self._mpos = 0  # where the next record goes in the chunk
-        self._mend = 0  # length of the chunk; 0 sends every record to _write_slow
         self._reserved = 0  # bytes of the current file reserved by posix_fallocate
         self._index = -1
         self._room = 0  # what is left of the file's size limit, in write(2) mode
@@ -145,10 +145,9 @@ class NodeLocalHandler(SafeHandler):
             return False
         if self._map is not None:
             self._map.close()
+        mapped.seek(used - base)
         self._map = mapped
         self._base = base
-        self._mpos = used - base
-        self._mend = length
         return True
 
     def _unmap(self, used: int) -> None:
@@ -156,7 +155,6 @@ class NodeLocalHandler(SafeHandler):
         if self._map is not None:
             self._map.close()
             self._map = None
-        self._mpos = self._mend = 0
         self._reserved = 0
         # Also after a failed reservation, which may have grown the file.
         os.ftruncate(self._fd, used)
@@ -166,7 +164,7 @@ class NodeLocalHandler(SafeHandler):
     def _close_file(self) -> None:
         try:
             if self._map is not None:
-                self._unmap(self._base + self._mpos)
+                self._unmap(self._base + self._map.tell())
         finally:
             os.close(self._fd)
             self._fd = -1
@@ -264,12 +262,9 @@ class NodeLocalHandler(SafeHandler):
                     record.lineno,
                     _dumps(_escape_surrogates(msg)),
                 )
-            pos = self._mpos
-            end = pos + len(data)
-            if end <= self._mend:
-                self._map[pos:end] = data  # type: ignore[index]
-                self._mpos = end
-            else:
+            try:
+                self._map.write(data)  # type: ignore[union-attr]
+            except (AttributeError, ValueError):  # no chunk mapped (None), or it is full: nothing written
                 self._write_slow(data)
         except RecursionError:
             raise
@@ -286,14 +281,14 @@ class NodeLocalHandler(SafeHandler):
         if self._fd < 0:
             self._open_next(self._seq - 1)  # the record in hand is already numbered
         if self._map is not None:
-            used = self._base + self._mpos
+            chunk = self._map
+            used = self._base + chunk.tell()
             end = used + len(data)
             # A record that reaches the size limit is the file's last: it goes
             # in with write(2) after the file is cut to its records.
             if end < self._max_bytes:
-                if end - self._base <= self._mend:  # a file just opened
-                    self._map[self._mpos : end - self._base] = data
-                    self._mpos = end - self._base
+                if end - self._base <= len(chunk):  # a file just opened
+                    chunk.write(data)
                     return
                 if self._map_at(end):  # past the chunk: move the mapping on
                     _pwrite_all(self._fd, data, used)
