@@ -145,11 +145,14 @@ class Capture:
         os.close(err_w)
         self._saved_fds = saved
         # stdout is now a pipe, which Python would block-buffer: print() lines
-        # should become records as they are printed, not at exit.
+        # should become records as they are printed, not at exit. And each
+        # line must be one write(2) (atomic on a pipe): unbuffered
+        # (PYTHONUNBUFFERED, common in SLURM jobs) print() writes every piece
+        # on its own, and forked children's pieces would interleave.
         for stream in (sys.stdout, sys.stderr):
             reconfigure = getattr(stream, "reconfigure", None)
             if reconfigure is not None:
-                reconfigure(line_buffering=True)
+                reconfigure(line_buffering=True, write_through=False)
         # Our own stream handler must write where stderr really goes, not into the pipe.
         self.original_stderr = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
 

@@ -112,16 +112,17 @@ def test_bad_capture_setting_is_reported_once_and_logging_goes_on() -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", ["stdio", "fd"])
 def test_forked_children_output_is_captured_too(tmp_path: Path, mode: str) -> None:
-    """multiprocessing fork children print under capture: their lines arrive, nothing hangs at exit."""
+    """Fork children print at once under capture, unbuffered as SLURM jobs often run: every line whole, no hang."""
     code = (
         "import multiprocessing as mp\nfrom nvrxlog import setup_logger\n"
         f"setup_logger(capture={mode!r})\n"
-        "def child(k):\n    print('child', k, 'says hi', flush=True)\n"
+        "def child(k):\n    for i in range(300):\n        print('child', k, 'says', i, flush=True)\n"
         "if __name__ == '__main__':\n"
         "    ps = [mp.get_context('fork').Process(target=child, args=(k,)) for k in range(3)]\n"
         "    [p.start() for p in ps]\n    [p.join() for p in ps]\n    print('parent done')\n"
     )
-    result = _rank(tmp_path, code)
+    # Unbuffered, print() writes each of its pieces on its own: children's pieces would interleave.
+    result = _rank(tmp_path, code, PYTHONUNBUFFERED=1)
     assert result.returncode == 0, result.stderr
     msgs = sorted(r["msg"] for r in _node_file(tmp_path))
-    assert msgs == ["child 0 says hi", "child 1 says hi", "child 2 says hi", "parent done"]
+    assert msgs == sorted([f"child {k} says {i}" for k in range(3) for i in range(300)] + ["parent done"])
