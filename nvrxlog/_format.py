@@ -24,8 +24,8 @@ class LineFormat:
     """Formats decoded records as output lines, caching what repeats.
 
     The date-time text is rendered once per millisecond seen and the rank
-    label once per distinct set of ranks (both cached), and ``lines`` formats
-    many records column by column, for the aggregator's and streamer's rates.
+    label once per distinct set of ranks (both cached); ``lines`` and
+    ``column_lines`` format many records column by column, for the streamer.
     """
 
     __slots__ = ("json", "untrusted", "_milli", "_milli_stamp", "_labels", "_stamps")

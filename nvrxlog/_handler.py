@@ -226,8 +226,9 @@ class NodeLocalHandler(SafeHandler):
 
     def emit(self, record: logging.LogRecord, _dumps: Callable[[object], bytes] = orjson.dumps) -> None:
         # The hot path of every training step: one frame, one encode of the
-        # message, one copy into the mapped file. The writer's constant fields are encoded once
-        # (in _template) and level and file names once each (in _quoted).
+        # message, one copy into the mapped file. The writer's constant fields
+        # are encoded once (in _template) and level and file names once each
+        # (in _quoted).
         # Anything unusual (first file, the end of a chunk, rotation, write(2)
         # mode, surrogates, exceptions) leaves this path for a helper.
         try:
