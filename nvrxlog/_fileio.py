@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["write_all"]
+__all__ = ["pwrite_all", "write_all"]
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -12,3 +12,12 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` to ``fd`` at ``offset`` (``pwrite(2)``, the file position untouched); raises OSError."""
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view = view[done:]
+        offset += done

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import orjson
 
 from ._config import LogConfig, sanitize_name
+from ._fileio import pwrite_all, write_all
 from ._message import MAX_MESSAGE_CHARS, full_message, unformattable
 from ._record import WriterId, file_name
 from ._safe import SafeHandler
@@ -240,29 +241,23 @@ class NodeLocalHandler(SafeHandler):
                 msg = unformattable(record, exc, self.errors)
             if record.exc_info or record.exc_text or record.stack_info or len(msg) > MAX_MESSAGE_CHARS:
                 msg = full_message(record, msg, self.errors)
+            try:
+                body = _dumps(msg)
+            except TypeError:  # lone surrogates (e.g. from undecodable file names)
+                body = _dumps(_escape_surrogates(msg))
             seq = self._seq
             self._seq = seq + 1
             level = record.levelname
             file = record.filename
             quoted = self._quoted
-            try:
-                data = self._template % (
-                    seq,
-                    int(record.created * 1e9),
-                    quoted[level] if level in quoted else self._quote(level),
-                    quoted[file] if file in quoted else self._quote(file),
-                    record.lineno,
-                    _dumps(msg),
-                )
-            except TypeError:
-                data = self._template % (
-                    seq,
-                    int(record.created * 1e9),
-                    self._quote(level),
-                    self._quote(file),
-                    record.lineno,
-                    _dumps(_escape_surrogates(msg)),
-                )
+            data = self._template % (
+                seq,
+                int(record.created * 1e9),
+                quoted[level] if level in quoted else self._quote(level),
+                quoted[file] if file in quoted else self._quote(file),
+                record.lineno,
+                body,
+            )
             try:
                 self._map.write(data)  # type: ignore[union-attr]
             except (AttributeError, ValueError):  # no chunk mapped (None), or it is full: nothing written
@@ -292,7 +287,7 @@ class NodeLocalHandler(SafeHandler):
                     chunk.write(data)
                     return
                 if self._map_at(end):  # past the chunk: move the mapping on
-                    _pwrite_all(self._fd, data, used)
+                    pwrite_all(self._fd, data, used)
                     return
             self._unmap(used)
         if self._torn:
@@ -301,21 +296,14 @@ class NodeLocalHandler(SafeHandler):
             data = b"\n" + data
         written = os.write(self._fd, data)
         if written != len(data):
-            written += self._finish_short_write(data, written)
+            # Set before the rest is written: if that raises, the next record
+            # must know (and starts on a fresh line).
+            self._torn = True
+            write_all(self._fd, memoryview(data)[written:])
         self._torn = False
-        self._room -= written
+        self._room -= len(data)
         if self._room <= 0:
             self._rotate()
-
-    def _finish_short_write(self, data: bytes, written: int) -> int:
-        # Set before retrying: if the retry raises, the next record must know
-        # (and starts on a fresh line).
-        self._torn = True
-        more = 0
-        while written + more < len(data):
-            more += os.write(self._fd, data[written + more :])
-        self._torn = False
-        return more
 
     def close(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -360,14 +348,6 @@ def aggregator_alive(tmp_dir: str) -> bool:
     finally:
         os.close(fd)  # also releases our shared lock at once
     return False
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        done = os.pwrite(fd, view, offset)
-        view = view[done:]
-        offset += done
 
 
 def _escape_surrogates(text: str) -> str:

@@ -204,3 +204,15 @@ def test_world_writable_tmpdir_without_sticky_bit_is_refused(tmp_path: Path) -> 
     assert result.stderr.count("\n") == 1 and "sticky bit" in result.stderr
     os.chmod(unsafe, 0o1777)
     NodeAggregator(str(unsafe), str(tmp_path / "logs"), "n1").start().stop()
+
+
+@pytest.mark.timeout(30)
+def test_lone_surrogates_in_a_message_are_escaped_not_dropped(node_local: Path, tmp_path: Path) -> None:
+    """A file name decoded with surrogateescape, logged: written with the surrogate escaped; nothing dropped."""
+    log = setup_logger()
+    log.info("opening %s", b"caf\xe9.txt".decode("utf-8", "surrogateescape"))
+    log.info("after")
+    handler = next(h for h in log.handlers if isinstance(h, NodeLocalHandler))
+    msgs = [r["msg"] for r in _aggregate(node_local, tmp_path / "logs")]
+    assert msgs == ["opening caf\\udce9.txt", "after"]
+    assert not handler.errors.counts
