@@ -21,8 +21,8 @@ __all__ = ["pack", "unpack", "COLUMNS"]
 #: The per-record columns of a packed batch, in the order ``unpack`` reads them.
 COLUMNS = ("t", "s", "p", "l", "f", "i", "m")
 _FIELDS = 12  # keys of a usual record, without "node"
-_PROFILE = itemgetter("w", "rank", "local_rank", "infra_rank", "infra_local_rank", "pid")
 _PROFILE_KEYS = ("w", "rank", "local_rank", "infra_rank", "infra_local_rank", "pid")
+_PROFILE = itemgetter(*_PROFILE_KEYS)
 _NODE = methodcaller("get", "node")
 _GET = {name: itemgetter(name) for name in ("ts", "seq", "level", "file", "line", "msg")}
 

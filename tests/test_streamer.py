@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +23,22 @@ from conftest import raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog._transport import Forwarder
+
+
+def _two_nodes(
+    tmp_path: Path, address: str, stop: Path, *, count: int, rate: int
+) -> tuple[list[subprocess.Popen], list[subprocess.Popen], dict[tuple[str, int], int]]:
+    """Two `nvrxlog aggregate` nodes forwarding to ``address``, two ranks each logging ``count`` records.
+
+    Returns the aggregators, the ranks and what assert_exactly_once expects.
+    """
+    aggregators = [aggregate_cli(tmp_path / f"n{n}", tmp_path / "logs", f"n{n}", address, stop) for n in range(2)]
+    writers = [
+        start_worker("--count", count, "--rate", rate, env=rank_env(tmp_path / f"n{n}", f"n{n}", n * 2 + r, r))
+        for n in range(2)
+        for r in range(2)
+    ]
+    return aggregators, writers, {(f"n{n}", n * 2 + r): count for n in range(2) for r in range(2)}
 
 
 @pytest.mark.timeout(180)
@@ -81,12 +98,7 @@ def test_streamer_starting_late_gets_everything_without_error_lines(tmp_path: Pa
     """Nodes start 5 s before the streamer: every record arrives and no ERROR line is written anywhere."""
     address = f"tcp://127.0.0.1:{free_port()}"
     stop = tmp_path / "stop"
-    aggregators = [aggregate_cli(tmp_path / f"n{n}", tmp_path / "logs", f"n{n}", address, stop) for n in range(2)]
-    writers = [
-        start_worker("--count", 1000, "--rate", 400, env=rank_env(tmp_path / f"n{n}", f"n{n}", n * 2 + r, r))
-        for n in range(2)
-        for r in range(2)
-    ]
+    aggregators, writers, expected = _two_nodes(tmp_path, address, stop, count=1000, rate=400)
     time.sleep(5)  # the scenario itself: the streamer comes up 5 s after the nodes
     streamer, _ = stream_cli(tmp_path / "cluster.log", address)
     for writer in writers:
@@ -95,7 +107,7 @@ def test_streamer_starting_late_gets_everything_without_error_lines(tmp_path: Pa
     errs = [finish(a) for a in aggregators]
     errs.append(stop_stream(streamer))
     records = json_lines(tmp_path / "cluster.log")
-    assert_exactly_once(records, {(f"n{n}", n * 2 + r): 1000 for n in range(2) for r in range(2)})
+    assert_exactly_once(records, expected)
     outputs = [(tmp_path / "cluster.log").read_text()] + [p.read_text() for p in (tmp_path / "logs").glob("*.log")]
     assert not any("ERROR" in text for text in outputs + errs), "no ERROR line may appear on the way"
 
@@ -106,12 +118,7 @@ def test_streamer_killed_and_restarted_on_the_same_address_loses_and_doubles_not
     out = tmp_path / "cluster.log"
     streamer, address = stream_cli(out)
     stop = tmp_path / "stop"
-    aggregators = [aggregate_cli(tmp_path / f"n{n}", tmp_path / "logs", f"n{n}", address, stop) for n in range(2)]
-    writers = [
-        start_worker("--count", 3000, "--rate", 1000, env=rank_env(tmp_path / f"n{n}", f"n{n}", n * 2 + r, r))
-        for n in range(2)
-        for r in range(2)
-    ]
+    aggregators, writers, expected = _two_nodes(tmp_path, address, stop, count=3000, rate=1000)
     wait_for(lambda: out.exists() and out.stat().st_size > 100_000, what="the streamer to write")
     streamer.kill()
     streamer.wait(timeout=10)
@@ -122,7 +129,7 @@ def test_streamer_killed_and_restarted_on_the_same_address_loses_and_doubles_not
     for aggregator in aggregators:
         finish(aggregator)
     stop_stream(streamer)
-    assert_exactly_once(json_lines(out), {(f"n{n}", n * 2 + r): 3000 for n in range(2) for r in range(2)})
+    assert_exactly_once(json_lines(out), expected)
 
 
 @pytest.mark.timeout(180)
