@@ -22,8 +22,8 @@ import psutil
 
 from benchmarks._table import cli, machine, table
 from nvrxlog import NodeAggregator
-from nvrxlog._config import LogConfig
-from nvrxlog._handler import NodeLocalHandler
+from nvrxlog.config import LogConfig
+from nvrxlog.rank.handler import NodeLocalHandler
 
 
 def _write_records(tmp: str, writers: int, per_writer: int) -> None:

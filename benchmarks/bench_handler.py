@@ -15,8 +15,8 @@ import tempfile
 import time
 
 from benchmarks._table import cli, machine, table
-from nvrxlog._config import LogConfig
-from nvrxlog._handler import NodeLocalHandler
+from nvrxlog.config import LogConfig
+from nvrxlog.rank.handler import NodeLocalHandler
 
 _TEXT = "%(asctime)s [%(levelname)s] [node001] [workload:0(0) infra:0(0)] %(filename)s:%(lineno)d %(message)s"
 

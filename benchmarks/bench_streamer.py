@@ -25,8 +25,8 @@ import zmq
 
 from benchmarks._table import cli, machine, table
 from nvrxlog import NodeAggregator, Streamer
-from nvrxlog._spool import Spool
-from nvrxlog._transport import Forwarder
+from nvrxlog.wire.forwarder import Forwarder
+from nvrxlog.wire.spool import Spool
 
 _RECORD = {
     "seq": 0,

@@ -1,5 +1,5 @@
 """``python -m nvrxlog``: the same as the ``nvrxlog`` console script."""
 
-from ._cli import main
+from nvrxlog.cli.main import main
 
 raise SystemExit(main())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nvrxlog import _setup
+from nvrxlog.rank import setup as _setup
 
 HERE = Path(__file__).parent
 WORKER = str(HERE / "_worker.py")

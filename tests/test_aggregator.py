@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from nvrxlog import NodeAggregator
-from nvrxlog._config import LogConfig
-from nvrxlog._format import LineFormat
-from nvrxlog._handler import NodeLocalHandler
+from nvrxlog.config import LogConfig
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.rank.handler import NodeLocalHandler
 
 
 @pytest.mark.timeout(120)

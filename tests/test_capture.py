@@ -11,7 +11,7 @@ import pytest
 from conftest import child_env, parse_text_records
 
 from nvrxlog import ConfigError, NodeAggregator
-from nvrxlog._capture import parse_capture
+from nvrxlog.rank.capture import parse_capture
 
 
 def _rank(tmp_path: Path, code: str, **env: object) -> subprocess.CompletedProcess:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nvrxlog._columns import pack, unpack
-from nvrxlog._format import LineFormat
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.wire.columns import pack, unpack
 
 _TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=30) | st.sampled_from(["INFO", "a\nb", "\x1b[31m", ""])
 _RANK = st.none() | st.integers(-1, 10**6)

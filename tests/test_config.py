@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nvrxlog import LogConfig
-from nvrxlog._config import DEFAULT_MAX_FILE_SIZE_KB, sanitize_name
+from nvrxlog.config import DEFAULT_MAX_FILE_SIZE_KB, sanitize_name
 
 
 def test_defaults_when_nothing_is_set() -> None:

@@ -13,7 +13,7 @@ import pytest
 from conftest import child_env, parse_text_records
 
 from nvrxlog import NodeAggregator, TmpDirError, setup_logger
-from nvrxlog._handler import NodeLocalHandler
+from nvrxlog.rank.handler import NodeLocalHandler
 
 
 @pytest.fixture

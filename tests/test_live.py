@@ -15,9 +15,10 @@ from _net import assert_exactly_once, json_lines
 from conftest import child_env, emit, parse_text_records, raw_record, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
-from nvrxlog._config import LogConfig
-from nvrxlog._handler import NodeLocalHandler
-from nvrxlog._view import compact_ranks, parse_ranks
+from nvrxlog.cli.view import compact_ranks, parse_ranks
+from nvrxlog.config import LogConfig
+from nvrxlog.rank.handler import NodeLocalHandler
+from nvrxlog.wire.protocol import hello
 
 
 def _tail(endpoint: str, *args: str) -> subprocess.Popen:
@@ -97,7 +98,7 @@ def test_silent_node_is_marked_gone_and_welcomed_back_finished_node_is_not(tmp_p
         context = zmq.Context()
         silent = context.socket(zmq.DEALER)
         silent.connect(streamer.endpoint)
-        silent.send_multipart([b"H", orjson.dumps({"node": "n0", "v": 1})])
+        silent.send_multipart(hello("n0"))
         assert silent.recv_multipart()[0] == b"W"
         silent.send_multipart(
             [

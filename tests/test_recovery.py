@@ -14,7 +14,7 @@ import pytest
 from conftest import aggregate_cli, child_env, parse_text_records, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator
-from nvrxlog._record import WriterId, file_name
+from nvrxlog.core.record import WriterId, file_name
 
 
 def _aggregate_cli(tmp: Path, logs: Path, wait_file: Path) -> subprocess.Popen:

@@ -6,21 +6,24 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from conftest import LINE, child_env, parse_text_records
 
 import nvrxlog
 from nvrxlog import NodeAggregator, setup_logger
-from nvrxlog._handler import NodeLocalHandler
-from nvrxlog._setup import running_aggregator
+from nvrxlog.rank.handler import NodeLocalHandler
+from nvrxlog.rank.setup import running_aggregator
 
 
 def test_public_names_match_all() -> None:
     """__all__ lists exactly the public names nvrxlog exports, and the contract's names are there."""
-    public = {name for name in dir(nvrxlog) if not name.startswith("_")}
+    public = {
+        name for name in dir(nvrxlog) if not name.startswith("_") and not isinstance(getattr(nvrxlog, name), ModuleType)
+    }
     assert set(nvrxlog.__all__) == public
-    assert {"setup_logger", "LogConfig", "NodeAggregator"} <= public
+    assert {"setup_logger", "LogConfig", "NodeAggregator", "Streamer", "CurveKeys"} <= public
 
 
 def test_returns_the_nvrx_logger_and_is_idempotent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +134,7 @@ def test_without_an_aggregator_retention_deletes_and_reports_the_loss(
     monkeypatch.setenv("NVRX_LOG_MAX_FILE_SIZE_KB", "1")
     monkeypatch.setenv("NVRX_LOG_MAX_LOG_FILES", "2")
     monkeypatch.setenv("NVRX_LOG_AGGREGATOR", "external")
-    monkeypatch.setattr("nvrxlog._handler.ABSENT_GRACE_NS", 0)
+    monkeypatch.setattr("nvrxlog.rank.handler.ABSENT_GRACE_NS", 0)
     tmp = tmp_path / "tmp"
     log = setup_logger(node_local_tmp_dir=str(tmp))
     for i in range(200):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from nvrxlog._spool import Spool
+from nvrxlog.wire.spool import Spool
 
 
 def _fill(spool: Spool, batches: int) -> None:

@@ -22,7 +22,8 @@ from _net import (
 from conftest import raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
-from nvrxlog._transport import Forwarder
+from nvrxlog.wire.forwarder import Forwarder
+from nvrxlog.wire.protocol import hello
 
 
 def _two_nodes(
@@ -78,7 +79,7 @@ def test_node_lagging_past_max_hold_is_written_late_and_counted_not_dropped(tmp_
         prompt, laggard = (context.socket(zmq.DEALER) for _ in range(2))
         for sock, node in ((prompt, "prompt"), (laggard, "laggard")):
             sock.connect(streamer.endpoint)
-            sock.send_multipart([b"H", orjson.dumps({"node": node, "v": 1})])
+            sock.send_multipart(hello(node))
             assert sock.recv_multipart()[0] == b"W"
         now = time.time_ns()
         fresh = [raw_record(i, f"fresh {i}", ts=now + i, w="a") for i in range(3)]

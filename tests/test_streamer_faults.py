@@ -15,10 +15,11 @@ from _net import aggregate_cli, assert_exactly_once, finish, free_port, json_lin
 from conftest import emit, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
-from nvrxlog._columns import pack
-from nvrxlog._config import LogConfig
-from nvrxlog._handler import NodeLocalHandler
-from nvrxlog._transport import CurveKeys
+from nvrxlog.config import LogConfig
+from nvrxlog.rank.handler import NodeLocalHandler
+from nvrxlog.wire.columns import pack
+from nvrxlog.wire.curve import CurveKeys
+from nvrxlog.wire.protocol import hello
 
 
 def _node_records(path: Path) -> list[dict]:
@@ -115,7 +116,7 @@ def _dealer(endpoint: str, context: zmq.Context, curve: CurveKeys | None = None,
         curve.apply(sock)
     sock.connect(endpoint)
     if node:
-        sock.send_multipart([b"H", orjson.dumps({"node": node, "v": 2})])
+        sock.send_multipart(hello(node))
         assert sock.recv_multipart()[0] == b"W"
     return sock
 
@@ -137,7 +138,7 @@ def test_hostile_client_cannot_disturb_others_or_inject_paths_and_lines(tmp_path
         evil = _dealer(streamer.endpoint, context)
         evil.send_multipart([b"B", b"\xff\xfe not a batch"])  # before hello: told to reset
         assert evil.recv_multipart() == [b"R"]
-        evil.send_multipart([b"H", orjson.dumps({"node": "../../etc/x\n[ERROR]", "v": 1})])
+        evil.send_multipart(hello("../../etc/x\n[ERROR]"))
         assert evil.recv_multipart()[0] == b"W"
         evil.send_multipart([b"B", b"{not json"])
         evil.send_multipart([b"Z"])
@@ -155,7 +156,7 @@ def test_hostile_client_cannot_disturb_others_or_inject_paths_and_lines(tmp_path
             ]
         )
         big = _dealer(streamer.endpoint, context)
-        big.send_multipart([b"H", orjson.dumps({"node": "big", "v": 1})])
+        big.send_multipart(hello("big"))
         big.send_multipart([b"B", b"x" * (2 << 20)])  # over the cap: the connection is dropped
         with NodeAggregator(str(tmp_path / "tmp"), str(tmp_path / "logs"), "good", streamer.endpoint) as good:
             handler = NodeLocalHandler(str(tmp_path / "tmp"), LogConfig(rank=3, local_rank=0))
@@ -242,7 +243,7 @@ def test_curve_lets_only_allowed_clients_write(tmp_path: Path) -> None:
         context = zmq.Context()
         for curve in (CurveKeys(server_public=server_public, client_secret=stranger_secret), None):
             intruder = _dealer(streamer.endpoint, context, curve)
-            intruder.send_multipart([b"H", orjson.dumps({"node": "intruder", "v": 1})])
+            intruder.send_multipart(hello("intruder"))
             intruder.send_multipart([b"B", _batch([_record("intrusion")])])
             assert not intruder.poll(500), "an unauthenticated client must get no answer"
         context.destroy(linger=0)

@@ -9,15 +9,15 @@ import sys
 import tempfile
 import time
 
-from ._exceptions import ConfigError
+from nvrxlog.errors import ConfigError
 
 __all__ = ["run_demo"]
 
 
 def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int = 50) -> int:
     """Run a streamer and ``nodes`` simulated nodes of ``ranks`` ranks; print where the outputs are."""
-    from ._aggregator import NodeAggregator
-    from ._streamer import Streamer
+    from nvrxlog.node.aggregator import NodeAggregator
+    from nvrxlog.streamer.service import Streamer
 
     if nodes < 1 or ranks < 1 or steps < 1:
         raise ConfigError("--nodes, --ranks and --steps must be at least 1")
@@ -48,7 +48,7 @@ def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int
                         SLURM_PROCID=str(n * ranks + local),
                         SLURM_LOCALID=str(local),
                     )
-                    procs.append(subprocess.Popen([sys.executable, "-m", "nvrxlog._demo", str(steps)], env=env))
+                    procs.append(subprocess.Popen([sys.executable, "-m", "nvrxlog.cli.demo", str(steps)], env=env))
             failed = sum(1 for p in procs if p.wait() != 0)
         finally:
             for aggregator in aggregators:
@@ -67,7 +67,7 @@ def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int
 
 
 def _rank_main(steps: int) -> None:
-    from . import setup_logger
+    from nvrxlog import setup_logger
 
     log = setup_logger()
     rank = int(os.environ["RANK"])

@@ -10,7 +10,7 @@ import os
 import threading
 from collections import Counter
 
-__all__ = ["ErrorCounter"]
+__all__ = ["ErrorCounter", "describe"]
 
 
 class ErrorCounter:
@@ -38,3 +38,11 @@ class ErrorCounter:
         """Fresh lock and counts in a forked child: the parent's are not ours."""
         self._lock = threading.Lock()
         self.counts = Counter()
+
+
+def describe(exc: BaseException | None) -> str:
+    """``str(exc)`` that cannot itself raise."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<unprintable>"

@@ -15,7 +15,6 @@ writer truncates a file to its records before it moves on to the next file.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import mmap
 import os
@@ -26,15 +25,15 @@ from typing import NamedTuple
 
 import orjson
 
-from ._config import LogConfig, sanitize_name
-from ._fileio import pwrite_all, write_all
-from ._message import MAX_MESSAGE_CHARS, full_message, unformattable
-from ._record import WriterId, file_name
-from ._safe import SafeHandler
+from nvrxlog.config import LogConfig, sanitize_name
+from nvrxlog.core.fileio import pwrite_all, write_all
+from nvrxlog.core.record import WriterId, file_name
+from nvrxlog.core.tmpdir import aggregator_alive
+from nvrxlog.rank.message import MAX_MESSAGE_CHARS, full_message, unformattable
+from nvrxlog.rank.safe import SafeHandler
 
-__all__ = ["NodeLocalHandler", "LOCK_NAME", "aggregator_alive"]
+__all__ = ["NodeLocalHandler"]
 
-LOCK_NAME = ".nvrx-aggregator.lock"
 _QUOTE_CACHE = 1024
 # While an aggregator is alive but behind, keep this much unconsumed backlog
 # before deleting anything: retention is for an absent aggregator, not a busy one.
@@ -331,23 +330,6 @@ class NodeLocalHandler(SafeHandler):
             except OSError:
                 pass
         self._start_writer()
-
-
-def aggregator_alive(tmp_dir: str) -> bool:
-    """True if a live aggregator holds the lock of ``tmp_dir``."""
-    try:
-        fd = os.open(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # also releases our shared lock at once
-    return False
 
 
 def _escape_surrogates(text: str) -> str:

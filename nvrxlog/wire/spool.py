@@ -1,7 +1,7 @@
 """The forwarder's on-disk spool: batches waiting for the streamer's acknowledgement.
 
 Batches are appended as orjson lines (``{"b": seq, "c": watermark, "n": count, ...}``,
-the records packed as columns by ``_columns``) to segment files; a segment is
+the records packed as columns by ``columns``) to segment files; a segment is
 deleted once every batch in it is acknowledged. The spool is bounded: past
 ``max_bytes`` its oldest segment is dropped and the batch range it held is
 returned so the loss can be stated exactly.
@@ -17,8 +17,8 @@ from typing import BinaryIO
 
 import orjson
 
-from ._columns import pack
-from ._fileio import write_all
+from nvrxlog.core.fileio import write_all
+from nvrxlog.wire.columns import pack
 
 __all__ = ["Spool", "Dropped"]
 
@@ -36,6 +36,16 @@ class Dropped:
     records: int
 
 
+@dataclass(slots=True)
+class _Segment:
+    """One segment file and what it holds."""
+
+    path: str
+    size: int  # bytes of whole batches
+    last: int  # seq of its last batch (first - 1 while empty)
+    counts: dict[int, int]  # batch seq -> records of the job in it
+
+
 class Spool:
     """Append-only segments of batches; thread-safe (one appender, one reader)."""
 
@@ -46,8 +56,7 @@ class Spool:
         self._lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
         self.acked = self._load_acked()
-        # segment first-seq -> [path, size, last seq, {batch seq: records}]
-        self._segments: dict[int, list] = {}
+        self._segments: dict[int, _Segment] = {}  # by the seq of the segment's first batch
         self.next_seq = self.acked + 1
         for name in sorted(os.listdir(directory)):
             match = _SEGMENT.match(name)
@@ -74,13 +83,13 @@ class Spool:
             self.next_seq += 1
             n = len(records) if count is None else count
             data = orjson.dumps({"b": seq, "c": watermark, "n": n, **body}) + b"\n"
-            if self._fd < 0 or self._segments[self._current][1] >= self.segment_bytes:
+            if self._fd < 0 or self._segments[self._current].size >= self.segment_bytes:
                 self._roll(seq)
             write_all(self._fd, data)
             segment = self._segments[self._current]
-            segment[1] += len(data)
-            segment[2] = seq
-            segment[3][seq] = n
+            segment.size += len(data)
+            segment.last = seq
+            segment.counts[seq] = n
             return seq, self._enforce_limit()
 
     def _roll(self, seq: int) -> None:
@@ -88,17 +97,18 @@ class Spool:
             os.close(self._fd)
         path = os.path.join(self.directory, f"seg-{seq:012d}.nvs")
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._segments[seq] = [path, 0, seq - 1, {}]
+        self._segments[seq] = _Segment(path, 0, seq - 1, {})
         self._current = seq
 
     def _enforce_limit(self) -> list[Dropped]:
         dropped = []
-        while sum(s[1] for s in self._segments.values()) > self.max_bytes and len(self._segments) > 1:
+        while sum(s.size for s in self._segments.values()) > self.max_bytes and len(self._segments) > 1:
             first = min(self._segments)
-            path, _, last, counts = self._segments.pop(first)
-            os.unlink(path)
+            segment = self._segments.pop(first)
+            os.unlink(segment.path)
+            last = segment.last
             if last > self.acked:
-                lost = sum(n for seq, n in counts.items() if seq > self.acked)
+                lost = sum(n for seq, n in segment.counts.items() if seq > self.acked)
                 dropped.append(Dropped(max(first, self.acked + 1), last, lost))
                 self.acked = last
                 self._cursor = max(self._cursor, last + 1)
@@ -128,7 +138,7 @@ class Spool:
                 if segment is None:  # dropped or acknowledged meanwhile
                     self._reader = None
                     continue
-                f = self._reader_file(first, segment[0])
+                f = self._reader_file(first, segment.path)
                 f.seek(offset)
                 line = f.readline()
                 if not line and first != self._current:
@@ -157,7 +167,7 @@ class Spool:
         return self._rfile
 
     def _locate(self, seq: int) -> tuple[int, int] | None:
-        starts = sorted(first for first, s in self._segments.items() if s[2] >= seq)
+        starts = sorted(first for first, s in self._segments.items() if s.last >= seq)
         return (starts[0], 0) if starts else None
 
     def ack(self, seq: int) -> None:
@@ -167,10 +177,10 @@ class Spool:
                 return
             self.acked = min(seq, self.next_seq - 1)
             for first in sorted(self._segments):
-                path, _, last, _ = self._segments[first]
-                if last <= self.acked and first != self._current:
+                segment = self._segments[first]
+                if segment.last <= self.acked and first != self._current:
                     del self._segments[first]
-                    os.unlink(path)
+                    os.unlink(segment.path)
             tmp = os.path.join(self.directory, f"{_ACKED}.tmp")
             with open(tmp, "w") as f:
                 f.write(str(self.acked))
@@ -181,7 +191,7 @@ class Spool:
         """Records spooled but not yet acknowledged."""
         with self._lock:
             acked = self.acked
-            return sum(n for s in self._segments.values() for seq, n in s[3].items() if seq > acked)
+            return sum(n for s in self._segments.values() for seq, n in s.counts.items() if seq > acked)
 
     @property
     def all_sent(self) -> bool:
@@ -218,8 +228,8 @@ class Spool:
             if self._rfile is not None:
                 self._rfile.close()
                 self._rfile = None
-            for first in [f for f, s in self._segments.items() if s[2] <= self.acked]:
-                os.unlink(self._segments.pop(first)[0])
+            for first in [f for f, s in self._segments.items() if s.last <= self.acked]:
+                os.unlink(self._segments.pop(first).path)
 
     # -- recovery -------------------------------------------------------------------
 
@@ -250,7 +260,7 @@ class Spool:
         if last < first or last <= self.acked:
             os.unlink(path)
             return
-        self._segments[first] = [path, size, last, counts]
+        self._segments[first] = _Segment(path, size, last, counts)
         self.next_seq = max(self.next_seq, last + 1)
 
 

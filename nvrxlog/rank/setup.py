@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import sys
 import threading
 from collections.abc import Iterable
 
-from ._aggregator import NodeAggregator
-from ._capture import Capture, parse_capture
-from ._config import LogConfig
-from ._exceptions import AggregatorBusyError, ConfigError, NvrxLogError
-from ._format import RankFormatter
-from ._handler import NodeLocalHandler
-from ._report import ErrorCounter
-from ._safe import AppendFileHandler, SafeStreamHandler
-from ._tmpdir import prepare_tmp_dir
+from nvrxlog.config import LogConfig
+from nvrxlog.core import forks
+from nvrxlog.core.lines import RankFormatter
+from nvrxlog.core.report import ErrorCounter
+from nvrxlog.core.tmpdir import prepare_tmp_dir
+from nvrxlog.errors import AggregatorBusyError, ConfigError, NvrxLogError
+from nvrxlog.node.aggregator import NodeAggregator
+from nvrxlog.rank.capture import Capture, parse_capture
+from nvrxlog.rank.handler import NodeLocalHandler
+from nvrxlog.rank.safe import AppendFileHandler, SafeStreamHandler
 
 __all__ = ["setup_logger", "reset_state", "LOGGER_NAME"]
 
@@ -35,8 +35,18 @@ class _State:
         self.config: LogConfig | None = None
         self.reported: set[str] = set()
 
+    def after_fork_in_child(self) -> None:
+        global _lock
+        _lock = threading.RLock()
+        # The aggregator thread is the parent's: the child neither runs nor joins it.
+        # Its capture is the parent's too (the child's output still flows into it).
+        self.aggregator = None
+        self.capture = None
+        _errors.reinit_after_fork()
+
 
 _state = _State()
+forks.register(_state)
 _lock = threading.RLock()
 _errors = ErrorCounter("setup_logger")
 
@@ -189,16 +199,3 @@ def _drain_at_exit() -> None:
         with _lock:
             config = _state.config
             _teardown(logging.getLogger(LOGGER_NAME), linger=config.exit_wait if config else 0.0)
-
-
-def _reinit_in_child() -> None:
-    global _lock
-    _lock = threading.RLock()
-    # The aggregator thread is the parent's: the child neither runs nor joins it.
-    # Its capture is the parent's too (the child's output still flows into it).
-    _state.aggregator = None
-    _state.capture = None
-    _errors.reinit_after_fork()
-
-
-os.register_at_fork(after_in_child=_reinit_in_child)

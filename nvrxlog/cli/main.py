@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from ._exceptions import ConfigError, NvrxLogError
+from nvrxlog.errors import ConfigError, NvrxLogError
 
 __all__ = ["main"]
 
@@ -125,7 +125,7 @@ def _wait_for_stop(wait_file: str | None, alive: Callable[[], bool] = lambda: Tr
 
 
 def _aggregate(args: argparse.Namespace) -> int:
-    from ._aggregator import NodeAggregator
+    from nvrxlog.node.aggregator import NodeAggregator
 
     if args.spool_max_mb <= 0 or args.warn_after < 0:
         raise ConfigError("--spool-max-mb must be positive and --warn-after not negative")
@@ -149,8 +149,8 @@ def _aggregate(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from ._streamer import Streamer
-    from ._transport import CurveKeys
+    from nvrxlog.streamer.service import Streamer
+    from nvrxlog.wire.curve import CurveKeys
 
     forward_curve = None
     if args.forward_curve_server_key or args.forward_curve_client_key:
@@ -183,12 +183,12 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from ._tailview import run_tail
+    from nvrxlog.cli.tail import run_tail
 
     return run_tail(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from nvrxlog.cli.demo import run_demo
 
     return run_demo(args.dir, nodes=args.nodes, ranks=args.ranks, steps=args.steps)

@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Iterable
 
-from ._exceptions import ConfigError
+from nvrxlog.errors import ConfigError
 
 __all__ = ["Capture", "parse_capture"]
 
@@ -130,7 +130,7 @@ class Capture:
         env = {k: v for k, v in os.environ.items() if k != "NVRX_LOG_CAPTURE"}
         env["NVRX_LOG_AGGREGATOR"] = "external"  # the helper writes records, it never aggregates
         self._helper = subprocess.Popen(
-            [sys.executable, "-m", "nvrxlog._fdhelper", str(out_r), str(err_r), "1" if self.echo else "0"],
+            [sys.executable, "-m", "nvrxlog.rank.fdhelper", str(out_r), str(err_r), "1" if self.echo else "0"],
             stdin=subprocess.DEVNULL,
             stdout=saved[0],
             stderr=saved[1],

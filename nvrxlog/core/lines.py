@@ -13,9 +13,9 @@ from operator import floordiv, itemgetter
 
 import orjson
 
-from ._config import LogConfig
-from ._message import message_text
-from ._report import ErrorCounter
+from nvrxlog.config import LogConfig
+from nvrxlog.core.report import ErrorCounter
+from nvrxlog.rank.message import message_text
 
 __all__ = ["LineFormat", "RankFormatter", "record_fields"]
 

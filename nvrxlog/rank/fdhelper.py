@@ -14,7 +14,7 @@ import sys
 
 def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
     """The fd-capture helper: pipes in, records out, until both pipes reach EOF."""
-    from ._setup import setup_logger
+    from nvrxlog.rank.setup import setup_logger
 
     logger = setup_logger(node_local_tmp_prefix="fd")
     names = {out_fd: ("<stdout>", logging.INFO, 1), err_fd: ("<stderr>", logging.WARNING, 2)}

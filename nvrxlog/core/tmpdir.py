@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 
-from ._exceptions import TmpDirError
+from nvrxlog.errors import TmpDirError
 
-__all__ = ["prepare_tmp_dir"]
+__all__ = ["LOCK_NAME", "aggregator_alive", "prepare_tmp_dir"]
+
+#: The aggregator of a tmpdir holds an exclusive flock on this file in it.
+LOCK_NAME = ".nvrx-aggregator.lock"
 
 
 def prepare_tmp_dir(path: str, *, create: bool = True) -> str:
@@ -37,3 +41,20 @@ def prepare_tmp_dir(path: str, *, create: bool = True) -> str:
     if not os.access(path, os.W_OK | os.X_OK):
         raise TmpDirError(f"node-local tmpdir {path} is not writable")
     return path
+
+
+def aggregator_alive(tmp_dir: str) -> bool:
+    """True if a live aggregator holds the lock of ``tmp_dir``."""
+    try:
+        fd = os.open(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also releases our shared lock at once
+    return False

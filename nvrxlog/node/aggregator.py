@@ -1,43 +1,46 @@
-"""NodeAggregator: tail every writer, merge by time, write the per-node file."""
+"""NodeAggregator: tail every writer, merge by time, write the per-node file (and forward it).
+
+The service around the node's stages: ``scanner`` finds writers' files,
+``tail`` reads each writer's records (``core/cursor`` de-duplicates them and
+finds gaps), ``merge`` holds them back for the time-ordered merge, and
+``core/output`` writes and checkpoints the per-node file. When forwarding,
+each written batch is spooled for the ``wire`` forwarder before the
+checkpoint that covers it.
+"""
 
 from __future__ import annotations
 
-import bisect
 import errno
 import fcntl
 import os
 import threading
 import time
-import weakref
 from collections import Counter, deque
-from operator import itemgetter
+from typing import TYPE_CHECKING
 
-from ._checkpoint import Checkpoint, load_checkpoint, open_output, save_checkpoint
-from ._config import DEFAULT_LOG_DIR, LogConfig, sanitize_name
-from ._exceptions import AggregatorBusyError, ConfigError, LifecycleError, TmpDirError
-from ._fileio import write_all
-from ._format import LineFormat
-from ._handler import LOCK_NAME
-from ._message import describe
-from ._record import WriterId, notice_record, parse_file_name
-from ._report import ErrorCounter
-from ._service import Service
-from ._tail import WriterTail, writer_is_dead
-from ._tmpdir import prepare_tmp_dir
-from ._transport import CurveKeys, Forwarder
+from nvrxlog.config import DEFAULT_LOG_DIR, LogConfig, sanitize_name
+from nvrxlog.core import forks
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.core.output import CheckpointedOutput
+from nvrxlog.core.record import WriterId, notice_record
+from nvrxlog.core.report import ErrorCounter, describe
+from nvrxlog.core.service import Service
+from nvrxlog.core.tmpdir import LOCK_NAME, prepare_tmp_dir
+from nvrxlog.core.watermark import handed_over
+from nvrxlog.errors import AggregatorBusyError, ConfigError, LifecycleError, OutputError, TmpDirError
+from nvrxlog.node.merge import HoldBack
+from nvrxlog.node.scanner import TmpDirScanner
+from nvrxlog.node.tail import WriterTail, writer_is_dead
+
+if TYPE_CHECKING:
+    from nvrxlog.wire.curve import CurveKeys
+    from nvrxlog.wire.forwarder import Forwarder
 
 __all__ = ["NodeAggregator", "node_log_path"]
 
-_key = itemgetter(0)
 _INF = float("inf")
 _DEAD_CHECK_NS = 1_000_000_000
-_FULL_SCAN_NS = 1_000_000_000
-# Directory mtimes tick coarsely; while the last change is this recent a new
-# file may not have moved it, so the directory is listed regardless.
-_RECENT_DIR_CHANGE_NS = 50_000_000
 _LOCK_WAIT_S = 1.0
-
-_live: weakref.WeakSet[NodeAggregator] = weakref.WeakSet()
 
 
 def node_log_path(log_dir: str, node_id: str) -> str:
@@ -102,45 +105,48 @@ class NodeAggregator(Service):
         self._thread: threading.Thread | None = None
         self._owner_pid = os.getpid()
         self._lock_fd = -1
-        self._out_fd = -1
+        self._output = CheckpointedOutput(self.out_path, self.checkpoint_path)
+        self._written: dict[str, int] = {}  # what the checkpoint found written, per writer
+        self._scanner = TmpDirScanner(self.tmp_dir)
         self._tails: dict[str, WriterTail] = {}
         self._by_tid: dict[int, WriterTail] = {}
         self._next_tid = 0
-        self._pending: list[tuple] = []
+        self._held = HoldBack()
         self._notices: deque[tuple[str, int | None]] = deque()  # the forwarder's thread adds too
         self._notice_seq = 0
-        self._names: set[str] = set()
-        self._dir_mtime = -1
-        self._last_scan = 0
         self._last_ckpt = 0
-        self._ckpt = Checkpoint()
         self._failure: BaseException | None = None
-        _live.add(self)
+        forks.register(self)
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> NodeAggregator:
         """Take the tmpdir's lock, recover from the checkpoint and start the thread.
 
-        Raises ``TmpDirError`` for an unusable tmpdir or log dir and
-        ``AggregatorBusyError`` when another aggregator serves the tmpdir.
+        Raises ``TmpDirError`` for an unusable tmpdir, ``OutputError`` for an
+        unusable log dir or per-node file, and ``AggregatorBusyError`` when
+        another aggregator serves the tmpdir.
         """
         if self._thread is not None:
             raise LifecycleError("NodeAggregator.start() called twice")
         self.tmp_dir = prepare_tmp_dir(self.tmp_dir)
+        self._scanner.tmp_dir = self.tmp_dir
         try:
             os.makedirs(self.log_dir, exist_ok=True)
         except OSError as exc:
-            raise TmpDirError(f"cannot create log dir {self.log_dir}: {exc.strerror}") from exc
+            raise OutputError(f"cannot create log dir {self.log_dir}: {exc.strerror}") from exc
         self._take_lock()
         try:
             self._recover()
             if self.streamer:
+                from nvrxlog.wire.forwarder import Forwarder  # ZeroMQ only where forwarding is used
+
                 spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
                 self._forwarder = Forwarder(
                     self.streamer, self.node_id, spool, notice=self._notice, **self._forward_options
                 ).start()
         except BaseException:
+            self._output.close()
             self._release_lock()
             raise
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-aggregator-{self.node_id}", daemon=True)
@@ -207,15 +213,13 @@ class NodeAggregator(Service):
             self._lock_fd = -1
 
     def _recover(self) -> None:
-        ckpt, problem = load_checkpoint(self.checkpoint_path)
-        if problem:
-            self._notice(problem)
-        self._ckpt = ckpt
         try:
-            self._out_fd, cut = open_output(self.out_path, ckpt, self.checkpoint_path)
-            self.stats["recovered_bytes_cut"] += cut
+            self._written = self._output.open()
         except OSError as exc:
-            raise TmpDirError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc
+            raise OutputError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc
+        if self._output.problem:
+            self._notice(self._output.problem)
+        self.stats["recovered_bytes_cut"] += self._output.cut
 
     # -- the loop --------------------------------------------------------------------
 
@@ -231,8 +235,8 @@ class NodeAggregator(Service):
                     delay = self._idle_s
                 delay = self._busy_s if got else min(max(delay * 2, 0.001), self._idle_s)
                 wait = delay
-                if self._pending:
-                    due = (self._pending[0][0] + self._window_ns - time.time_ns()) / 1e9
+                if self._held:
+                    due = (self._held.oldest + self._window_ns - time.time_ns()) / 1e9
                     wait = min(wait, max(due, 0.0005))
                 self._wake.wait(wait)
                 self._wake.clear()
@@ -247,9 +251,7 @@ class NodeAggregator(Service):
         finally:
             for tail in self._tails.values():
                 tail.close()
-            if self._out_fd >= 0:
-                os.close(self._out_fd)
-                self._out_fd = -1
+            self._output.close()
             self._release_lock()
 
     def _lingering(self) -> bool:
@@ -278,78 +280,35 @@ class NodeAggregator(Service):
             if tail.more:
                 # Unread records of this writer may be older than what other
                 # writers gave; nothing past what it has given so far is safe.
-                cutoff = min(cutoff, tail.last_key)
-        pending = self._pending
-        if batch:
-            pending.extend(batch)
-            pending.sort()
+                cutoff = min(cutoff, tail.cursor.key)
+        self._held.add(batch)
         if self._notices:
             self._flush_notices(now)
-        ready_n = len(pending) if cutoff == _INF else bisect.bisect_right(pending, cutoff, key=_key)
-        if ready_n:
-            ready = pending[:ready_n]
-            del pending[:ready_n]
-            self._write(ready, now if cutoff == _INF else int(cutoff))
+        ready = self._held.take(cutoff)
+        if ready:
+            self._write(ready, handed_over(cutoff, _INF, now))
         if self._forwarder is not None:
             # Everything up to the cutoff is out; held (or put back) records are not.
-            mark = now if cutoff == _INF else int(cutoff)
-            self._forwarder.watermark = min(mark, pending[0][0] - 1) if pending else mark
-        if final or (ready_n and now - self._last_ckpt >= self._ckpt_ns):
+            self._forwarder.watermark = handed_over(cutoff, self._held.oldest, now)
+        if final or (ready and now - self._last_ckpt >= self._ckpt_ns):
             self._checkpoint(now)
         return bool(read)
 
     def _scan(self, now: int, *, force: bool) -> None:
         try:
-            mtime = os.stat(self.tmp_dir).st_mtime_ns
+            found, skipped = self._scanner.scan(now, force=force)
         except OSError as exc:
-            self.errors.report("scan", f"cannot stat {self.tmp_dir}: {exc.strerror}")
+            self.errors.report("scan", f"cannot list {self.tmp_dir}: {exc.strerror}")
             return
-        if (
-            not force
-            and mtime == self._dir_mtime
-            and now - mtime > _RECENT_DIR_CHANGE_NS
-            and now - self._last_scan < _FULL_SCAN_NS
-        ):
-            return
-        self._dir_mtime = mtime
-        self._last_scan = now
-        seen: set[str] = set()
-        skipped: list[str] = []
-        with os.scandir(self.tmp_dir) as entries:
-            for entry in entries:
-                name = entry.name
-                seen.add(name)
-                if name in self._names:
-                    continue
-                parsed = parse_file_name(name)
-                if parsed is None:
-                    if not name.startswith(".nvrx-aggregator"):
-                        skipped.append(f"{name!r} (not a temp file name)")
-                    continue
-                try:
-                    regular = entry.is_file(follow_symlinks=False)
-                except OSError:
-                    regular = False
-                if not regular:
-                    kind = "symlink" if entry.is_symlink() else "not a regular file"
-                    skipped.append(f"{name!r} ({kind})")
-                    continue
-                writer, index = parsed
-                key = str(writer)
-                tail = self._tails.get(key)
-                if tail is None:
-                    tail = WriterTail(
-                        writer,
-                        self._next_tid,
-                        self.tmp_dir,
-                        self._notice,
-                        last_seq=self._ckpt.writers.get(key, -1),
-                    )
-                    self._next_tid += 1
-                    self._tails[key] = tail
-                    self._by_tid[tail.tid] = tail
-                tail.add_file(index, name)
-        self._names = seen
+        for writer, index, name in found:
+            key = str(writer)
+            tail = self._tails.get(key)
+            if tail is None:
+                tail = WriterTail(writer, self._next_tid, self.tmp_dir, self._notice, self._written.get(key, -1))
+                self._next_tid += 1
+                self._tails[key] = tail
+                self._by_tid[tail.tid] = tail
+            tail.add_file(index, name)
         if skipped:
             self.stats["skipped_entries"] += len(skipped)
             noun = "entry" if len(skipped) == 1 else "entries"
@@ -359,18 +318,12 @@ class NodeAggregator(Service):
         node = self.node_id
         line = self._format.line
         data = "".join([line(item[3], node) for item in ready]).encode("utf-8", "backslashreplace")
-        fd = self._out_fd
-        before = os.lseek(fd, 0, os.SEEK_END)
         try:
-            write_all(fd, data)
+            self._output.write(data)
         except OSError as exc:
-            # Put the records back and cut any partial write, so the retry
+            # The file is as it was: hold the records again, so the retry
             # neither loses nor doubles them.
-            self._pending[:0] = ready
-            try:
-                os.ftruncate(fd, before)
-            except OSError:
-                pass
+            self._held.put_back(ready)
             self.errors.report(
                 f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
                 f"cannot write {self.out_path}: {exc.strerror}; retrying",
@@ -386,7 +339,6 @@ class NodeAggregator(Service):
         if self._forwarder is not None:
             # Spooled before the checkpoint that covers these records, so a
             # kill -9 in between re-sends (deduplicated) rather than loses.
-            by_tid = self._by_tid
             records = []
             for _, tid, _, record in ready:
                 tail = by_tid.get(tid)
@@ -395,12 +347,9 @@ class NodeAggregator(Service):
             self._forwarder.submit(records, watermark)
 
     def _checkpoint(self, now: int) -> None:
-        ckpt = self._ckpt
-        ckpt.out = self.out_path
-        ckpt.out_size = os.lseek(self._out_fd, 0, os.SEEK_END)
-        ckpt.writers = {key: t.emitted_seq for key, t in self._tails.items() if t.emitted_seq >= 0}
+        writers = {key: t.emitted_seq for key, t in self._tails.items() if t.emitted_seq >= 0}
         try:
-            save_checkpoint(self.checkpoint_path, ckpt)
+            self._output.save(writers)
         except OSError as exc:
             self.errors.report("checkpoint", f"cannot save checkpoint: {exc.strerror}")
             return  # files are kept until a checkpoint covers them
@@ -418,37 +367,23 @@ class NodeAggregator(Service):
         self._notices.append((text, ts))
 
     def _flush_notices(self, now: int) -> None:
+        items = []
         while self._notices:
             text, ts = self._notices.popleft()
             self._notice_seq += 1
             ts = now if ts is None else ts
-            self._pending.append(
-                (
-                    ts,
-                    -1,
-                    self._notice_seq,
-                    notice_record(self._notice_seq, ts, f"nvrxlog aggregator: {text}"),
-                )
-            )
-        self._pending.sort()
+            record = notice_record(self._notice_seq, ts, f"nvrxlog aggregator: {text}")
+            items.append((ts, -1, self._notice_seq, record))
+        self._held.add(items)
 
-    def _after_fork_in_child(self) -> None:
-        # The thread did not survive the fork; the descriptors did. Drop our
-        # copies without unlocking, so the parent keeps its lock.
-        for fd in (self._lock_fd, self._out_fd):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._lock_fd = self._out_fd = -1
+    def after_fork_in_child(self) -> None:
+        """Drop the parent's descriptors without unlocking: the thread did not survive the fork."""
+        if self._lock_fd >= 0:
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+            self._lock_fd = -1
+        self._output.forget_after_fork()
         for tail in self._tails.values():
             tail.close()
-
-
-def _reinit_in_child() -> None:
-    for aggregator in list(_live):
-        aggregator._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reinit_in_child)

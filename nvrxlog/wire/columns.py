@@ -15,14 +15,39 @@ of another shape travels as ``"r"``, the list of records.
 from __future__ import annotations
 
 from operator import itemgetter, methodcaller
+from typing import NamedTuple
 
-__all__ = ["pack", "unpack", "COLUMNS"]
+__all__ = ["pack", "unpack", "read_profile", "Profile", "COLUMNS"]
 
 #: The per-record columns of a packed batch, in the order ``unpack`` reads them.
 COLUMNS = ("t", "s", "p", "l", "f", "i", "m")
 _FIELDS = 12  # keys of a usual record, without "node"
-_PROFILE_KEYS = ("w", "rank", "local_rank", "infra_rank", "infra_local_rank", "pid")
-_PROFILE = itemgetter(*_PROFILE_KEYS)
+#: The fields of a profile entry of ``"P"``, in order; a relay adds the node last.
+PROFILE_KEYS = ("w", "rank", "local_rank", "infra_rank", "infra_local_rank", "pid")
+_PROFILE = itemgetter(*PROFILE_KEYS)
+
+
+class Profile(NamedTuple):
+    """One entry of a batch's ``"P"`` table: who wrote the records that point to it."""
+
+    writer: object
+    ranks: tuple  # (rank, local_rank, infra_rank, infra_local_rank)
+    pid: object
+    node: object  # None unless relayed: the record's own node
+
+    def fields(self) -> dict:
+        """The record fields this profile stands for."""
+        fields = dict(zip(PROFILE_KEYS, (self.writer, *self.ranks, self.pid), strict=True))
+        if self.node is not None:
+            fields["node"] = self.node
+        return fields
+
+
+def read_profile(entry: object) -> Profile:
+    """A ``"P"`` entry as a ``Profile``; raises ValueError for a malformed one."""
+    if type(entry) is not list or not 6 <= len(entry) <= 7:
+        raise ValueError("a batch's profile needs a writer, four ranks, a pid and maybe a node")
+    return Profile(entry[0], tuple(entry[1:5]), entry[5], entry[6] if len(entry) == 7 else None)
 _NODE = methodcaller("get", "node")
 _GET = {name: itemgetter(name) for name in ("ts", "seq", "level", "file", "line", "msg")}
 
@@ -70,12 +95,7 @@ def unpack(body: dict) -> list[dict]:
     """The records of a packed body (as ``pack`` got them); raises on a malformed one."""
     columns = [body[name] for name in COLUMNS]
     levels, files = body["L"], body["F"]
-    profiles = []
-    for profile in body["P"]:
-        fields = dict(zip(_PROFILE_KEYS, profile[:6], strict=True))
-        if len(profile) > 6 and profile[6] is not None:
-            fields["node"] = profile[6]
-        profiles.append(fields)
+    profiles = [read_profile(entry).fields() for entry in body["P"]]
     return [
         {"seq": seq, "ts": ts, "level": levels[lv], "file": files[fi], "line": line, "msg": msg, **profiles[pi]}
         for ts, seq, pi, lv, fi, line, msg in zip(*columns, strict=True)

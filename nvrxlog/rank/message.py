@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import reprlib
 
-from ._report import ErrorCounter
+from nvrxlog.core.report import ErrorCounter, describe
 
 __all__ = ["MAX_MESSAGE_CHARS", "full_message", "unformattable", "message_text"]
 
@@ -55,14 +55,6 @@ def full_message(record: logging.LogRecord, msg: str, errors: ErrorCounter) -> s
         errors.report("truncated", f"a message over {MAX_MESSAGE_CHARS} characters was cut")
         msg = f"{msg[:MAX_MESSAGE_CHARS]}... [nvrxlog: truncated {cut} characters]"
     return msg
-
-
-def describe(exc: BaseException | None) -> str:
-    """``str(exc)`` that cannot itself raise."""
-    try:
-        return str(exc)
-    except Exception:
-        return "<unprintable>"
 
 
 def _repr(obj: object) -> str:

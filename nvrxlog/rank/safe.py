@@ -7,16 +7,12 @@ import logging
 import os
 import sys
 import threading
-import weakref
 
-from ._fileio import write_all
-from ._message import describe
-from ._report import ErrorCounter
+from nvrxlog.core import forks
+from nvrxlog.core.fileio import write_all
+from nvrxlog.core.report import ErrorCounter, describe
 
 __all__ = ["SafeHandler", "SafeStreamHandler", "AppendFileHandler"]
-
-_live: weakref.WeakSet[SafeHandler] = weakref.WeakSet()
-
 
 class SafeHandler(logging.Handler):
     """A handler whose failures are counted and reported once per cause.
@@ -35,7 +31,7 @@ class SafeHandler(logging.Handler):
     def _safe_init(self) -> None:
         self._depth = 0
         self.errors = ErrorCounter(type(self).__name__)
-        _live.add(self)
+        forks.register(self)
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         with self.lock:  # type: ignore[union-attr]
@@ -110,11 +106,3 @@ class AppendFileHandler(SafeHandler):
                 os.close(self._fd)
                 self._fd = -1
         super().close()
-
-
-def _reinit_in_child() -> None:
-    for handler in list(_live):
-        handler.after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_reinit_in_child)

@@ -7,7 +7,7 @@ to the next file only after it knows the writer has moved on (a later file
 exists, so the earlier one is final) or has died. Records are de-duplicated and
 checked for gaps by the writer's sequence number, which is also what the
 aggregator checkpoints: a restart re-reads the files that are left and skips
-what was already written.
+what was already written (``core/cursor.py`` decides).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import orjson
 import psutil
 
-from ._record import WriterId, decode_lines, file_name
+from nvrxlog.core.cursor import WriterCursor
+from nvrxlog.core.record import WriterId, decode_lines, file_name
 
 __all__ = ["WriterTail", "writer_is_dead", "MAX_LINE_BYTES"]
 
@@ -65,9 +66,8 @@ class WriterTail:
         self.tmp_dir = tmp_dir
         self._notice = notice
         self.files: dict[int, str] = {}  # index -> name, not yet opened
-        self.last_seq = last_seq  # highest seq handed over (or written before a restart)
+        self.cursor = WriterCursor(last_seq)  # what was handed over (or written before a restart)
         self.emitted_seq = last_seq  # highest seq written to the output
-        self.last_key = 0  # per-writer monotonic merge key
         self.dead = False
         self.more = False  # the last poll stopped at its budget with data left
         self.checked_at = 0  # when the aggregator last asked whether the writer lives
@@ -212,8 +212,8 @@ class WriterTail:
         lines = [line for line in lines if line] if b"" in lines else lines
         values, bad = decode_lines(lines)
         samples = [line[:120] for line in bad]
-        last_seq = self.last_seq
-        last_key = self.last_key
+        cursor = self.cursor
+        admit = cursor.admit
         append = out.append
         tid = self.tid
         for record in values:
@@ -226,22 +226,14 @@ class WriterTail:
             except (KeyError, TypeError, IndexError):
                 samples.append(orjson.dumps(record)[:120])
                 continue
-            if seq <= last_seq:
+            missing = seq - cursor.seq - 1
+            key = admit(seq, key)
+            if key is None:
                 continue  # already written before a restart
-            if seq != last_seq + 1:
+            if missing:
                 # Stamped like the record after the gap, so it reads in place.
-                self._notice(
-                    f"records seq {last_seq + 1}-{seq - 1} ({seq - last_seq - 1}) of {self.writer} are missing",
-                    key,
-                )
-            last_seq = seq
-            if key < last_key:
-                key = last_key  # a clock step back must not reorder one writer's records
-            else:
-                last_key = key
+                self._notice(f"records seq {seq - missing}-{seq - 1} ({missing}) of {self.writer} are missing", key)
             append((key, tid, seq, record))
-        self.last_seq = last_seq
-        self.last_key = last_key
         if samples:
             self._notice(
                 f"skipped {len(samples)} malformed line(s) in {os.path.basename(self._path)} (first: {samples[0]!r})"
@@ -256,7 +248,7 @@ class WriterTail:
                 )
             os.close(self._fd)
             self._fd = -1
-            self._finished.append(_Finished(self._path, self.last_seq))
+            self._finished.append(_Finished(self._path, self.cursor.seq))
         self._partial = b""
         self._skipping = False
 

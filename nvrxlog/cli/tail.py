@@ -11,10 +11,10 @@ import time
 import orjson
 import zmq
 
-from ._exceptions import ConfigError, TransportError
-from ._format import LineFormat
-from ._transport import INFO, TAIL
-from ._view import Folder, RecordFilter, parse_ranks
+from nvrxlog.cli.view import Folder, RecordFilter, parse_ranks
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.errors import ConfigError, TransportError
+from nvrxlog.wire.protocol import INFO, TAIL
 
 __all__ = ["run_tail"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ._exceptions import ConfigError
-from ._format import LineFormat
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.errors import ConfigError
 
 __all__ = ["parse_ranks", "compact_ranks", "RecordFilter", "Folder"]
 

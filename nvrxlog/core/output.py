@@ -1,0 +1,144 @@
+"""An append-only output file and its checkpoint, shared by the aggregator and the streamer.
+
+The checkpoint records, per writer, the highest sequence number in the file,
+and the file's size at that moment, saved atomically. After a ``kill -9`` the
+file is cut back to that size and the writers' records are produced again,
+the cursors skipping what the checkpoint covers: nothing lost, nothing doubled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import orjson
+
+from nvrxlog.core.fileio import write_all
+
+__all__ = ["Checkpoint", "CheckpointedOutput", "load_checkpoint", "save_checkpoint"]
+
+_VERSION = 1
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Positions that are durable in the output."""
+
+    out: str = ""
+    out_size: int = 0
+    writers: dict[str, int] = field(default_factory=dict)
+
+
+def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
+    """The saved checkpoint (or an empty one) and a problem description, if any."""
+    try:
+        with open(path, "rb") as f:
+            raw = orjson.loads(f.read())
+        if raw.get("version") != _VERSION:
+            return Checkpoint(), f"checkpoint {path} has an unknown version; starting afresh"
+        return (
+            Checkpoint(
+                out=str(raw["out"]),
+                out_size=int(raw["out_size"]),
+                writers={str(k): int(v) for k, v in raw["writers"].items()},
+            ),
+            None,
+        )
+    except FileNotFoundError:
+        return Checkpoint(), None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return Checkpoint(), f"checkpoint {path} is unreadable ({exc}); starting afresh"
+
+
+def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` so that a reader sees the old or the new one, never half."""
+    data = orjson.dumps(
+        {
+            "version": _VERSION,
+            "out": checkpoint.out,
+            "out_size": checkpoint.out_size,
+            "writers": checkpoint.writers,
+        }
+    )
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class CheckpointedOutput:
+    """The output file at ``path`` with its checkpoint at ``checkpoint_path``.
+
+    ``open()`` recovers (returns the writers' checkpointed seqs), ``write()``
+    appends whole or not at all, ``save()`` checkpoints what is written.
+    """
+
+    def __init__(self, path: str, checkpoint_path: str) -> None:
+        self.path = path
+        self.checkpoint_path = checkpoint_path
+        self.problem: str | None = None  # what recovery found wrong with the checkpoint
+        self.cut = 0  # bytes past the checkpoint that recovery cut off
+        self._ckpt = Checkpoint()
+        self._fd = -1
+
+    def open(self) -> dict[str, int]:
+        """Open for appending, cut back to what the checkpoint covers; the checkpointed seqs per writer.
+
+        Bytes past the checkpoint were written by a process that died before
+        it could checkpoint them; they are produced again, so keeping them
+        would write them twice. A file the checkpoint does not cover yet
+        (none was saved) is adopted as it is, and that is saved at once: a
+        process that dies before its first checkpoint must not leave lines
+        that its restart writes again. Raises ``OSError``.
+        """
+        self._ckpt, self.problem = load_checkpoint(self.checkpoint_path)
+        ckpt = self._ckpt
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if ckpt.out != self.path:
+                ckpt.out, ckpt.out_size, ckpt.writers = self.path, size, {}
+                save_checkpoint(self.checkpoint_path, ckpt)
+            self.cut = size - ckpt.out_size if size > ckpt.out_size else 0
+            if self.cut:
+                os.ftruncate(fd, ckpt.out_size)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return dict(ckpt.writers)
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file now."""
+        return os.lseek(self._fd, 0, os.SEEK_END)
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` whole, or raise ``OSError`` with the file as it was (a partial write cut off)."""
+        before = self.size
+        try:
+            write_all(self._fd, data)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, before)
+            except OSError:
+                pass
+            raise
+
+    def save(self, writers: dict[str, int]) -> None:
+        """Checkpoint the file's size now with ``writers``' seqs; raises ``OSError``."""
+        ckpt = self._ckpt
+        ckpt.out = self.path
+        ckpt.out_size = self.size
+        ckpt.writers = writers
+        save_checkpoint(self.checkpoint_path, ckpt)
+
+    def close(self) -> None:
+        """Close the file (safe twice)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the inherited descriptor (the parent still writes it)."""
+        self.close()

@@ -1,0 +1,33 @@
+"""The one watermark rule: what a stage may promise downstream after a flush.
+
+A watermark T says "every record up to time T has been handed over". After a
+flush that wrote everything up to ``cutoff``, records still held (the oldest at
+``oldest_held``) or yet to come must all be later than T. The aggregator, the
+streamer (as a relay) and the spool's batches all promise by this rule.
+"""
+
+from __future__ import annotations
+
+__all__ = ["batch_watermarks", "handed_over"]
+
+
+def handed_over(cutoff: float, oldest_held: float, now: int) -> int:
+    """The watermark after a flush up to ``cutoff`` (``inf``: everything) with ``oldest_held`` still held."""
+    if cutoff == float("inf"):
+        cutoff = now
+    return int(min(cutoff, oldest_held - 1))
+
+
+def batch_watermarks(first_times: list[int], watermark: int) -> list[int]:
+    """Watermarks for consecutive batches whose earliest records are at ``first_times``.
+
+    The last batch carries ``watermark``; every earlier one promises only up to
+    just before the earliest record of the batches after it.
+    """
+    marks = []
+    later = watermark
+    for first in reversed(first_times):
+        marks.append(later)
+        later = min(later, first - 1)
+    marks.reverse()
+    return marks

@@ -1,0 +1,221 @@
+"""The streamer's ingest: decode -> validate -> de-duplicate -> format, with no sockets.
+
+Each batch from a node becomes a ``Chunk`` of new records with their output
+lines, ready for the time merge. A batch that is plainly new (each writer's
+first seq past what arrived, its times in order) is checked, de-duplicated
+and formatted column by column in C right after decoding; resends and
+anything unusual go record by record. Everything that can find a batch
+malformed runs before anything of it is taken as received, so a dropped
+batch leaves no trace that its resend would be taken as a duplicate of.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import islice, repeat
+from operator import le, setitem
+from typing import NamedTuple
+
+import orjson
+
+from nvrxlog.config import sanitize_name
+from nvrxlog.core.cursor import WriterCursor
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.streamer.merge import Chunk
+from nvrxlog.wire.columns import COLUMNS, read_profile, unpack
+
+__all__ = ["Batch", "Ingest", "record_key"]
+
+_MAX_NAME = 64
+_NAME_CACHE = 100_000
+
+
+class Batch(NamedTuple):
+    """One ingested batch: what to merge, and what its acknowledgement waits for."""
+
+    seq: int  # the node's batch seq
+    watermark: int  # the node has handed over everything up to this time
+    chunk: Chunk  # its new records
+    newest: int  # the newest time among its records not yet written (-1: none)
+
+
+def record_key(node: str, writer: object) -> str:
+    """``node|writer``: what de-duplication and the checkpoint count by."""
+    return f"{node}|{str(writer)[:200]}"
+
+
+class Ingest:
+    """Turns batch payloads into chunks of new, formatted records; remembers what arrived.
+
+    ``written`` (per ``node|writer``: the highest seq in the output) is kept by
+    the caller as it writes, and is what the checkpoint saves; ``cursors``
+    count what arrived, including what is still held for merging.
+    """
+
+    def __init__(
+        self,
+        lines: LineFormat,
+        *,
+        written: dict[str, int] | None = None,
+        notice: Callable[[str], None] = lambda text: None,
+        keep_records: Callable[[], bool] = lambda: False,
+        stats: dict[str, int] | None = None,
+    ) -> None:
+        self.lines = lines
+        self.written: dict[str, int] = dict(written or {})
+        self.cursors: dict[str, WriterCursor] = {key: WriterCursor(seq) for key, seq in self.written.items()}
+        self.stats = stats if stats is not None else {}
+        self.stats.setdefault("duplicates", 0)
+        self.stats.setdefault("bad_frames", 0)
+        self._notice = notice
+        # Records as dicts cost more than everything else here: made only when
+        # the caller needs them (a relay, a live view) or the format does.
+        self._keep_records = keep_records
+        self._names: dict[str, str] = {}
+
+    def batch(self, node: str, payload: bytes) -> Batch:
+        """Ingest one batch payload from ``node``; raises ValueError/KeyError/TypeError if malformed."""
+        batch = orjson.loads(payload)
+        seq = batch["b"]
+        watermark = batch.get("c", 0)
+        if type(seq) is not int or type(watermark) is not int:
+            raise TypeError("a batch needs an int 'b' and an int 'c'")
+        if "t" in batch:
+            chunk, newest = self._columns(node, batch)
+        else:
+            records = batch["r"]
+            if type(records) is not list:
+                raise TypeError("a batch needs columns or a list 'r'")
+            chunk, newest = self.records(node, records)
+        return Batch(seq, watermark, chunk, newest)
+
+    def name(self, raw: object) -> str:
+        """A node name from the network, sanitised (names reach file names and lines), cached."""
+        text = str(raw)
+        name = self._names.get(text)
+        if name is None:
+            name = sanitize_name(text, limit=_MAX_NAME)
+            if len(self._names) < _NAME_CACHE:
+                self._names[text] = name
+        return name
+
+    def _columns(self, node: str, body: dict) -> tuple[Chunk, int]:
+        """The new records of a packed batch (see ``columns``), checked and formatted column by column."""
+        columns = [body[name] for name in COLUMNS]
+        entries, levels, files = body["P"], body["L"], body["F"]
+        ts, seqs, p, lv, fi, line_numbers, msgs = columns
+        n = len(ts)
+        if any(type(column) is not list or len(column) != n for column in columns):
+            raise TypeError("a batch's columns must be lists of one length")
+        if not n:
+            return Chunk.of([]), -1
+        # Checked in C: a sum of ints is an int (a float or a string is not).
+        for column in (ts, seqs, p, lv, fi):
+            if type(sum(column)) is not int:
+                raise TypeError("a batch's times, seqs and indexes must be ints")
+        for index, table in ((p, entries), (lv, levels), (fi, files)):
+            if type(table) is not list or min(index) < 0 or max(index) >= len(table):
+                raise ValueError("a batch's table index is out of range")
+        keys_of, nodes_of, labels_of = [], [], []
+        for entry in entries:
+            profile = read_profile(entry)
+            name = node if profile.node is None else self.name(profile.node)  # a relay's records name their node
+            keys_of.append(record_key(name, profile.writer))
+            nodes_of.append(name)
+            labels_of.append(self.lines.label(profile.ranks))
+        lines = None
+        if not self.lines.json:
+            lines = self.lines.column_lines(
+                ts,
+                map(levels.__getitem__, lv),
+                map(nodes_of.__getitem__, p),
+                map(labels_of.__getitem__, p),
+                map(files.__getitem__, fi),
+                line_numbers,
+                msgs,
+                n,
+            )
+        keys = list(map(keys_of.__getitem__, p))
+        if not self._all_new(keys, seqs, ts):
+            return self.records(node, unpack(body))
+        records: list = [None] * n
+        if lines is None or self._keep_records():
+            records = unpack(body)
+            any(map(setitem, records, repeat("node"), map(nodes_of.__getitem__, p)))
+            if lines is None:
+                lines = self.lines.lines(records)
+        return Chunk(ts, keys, seqs, records, lines), ts[-1]
+
+    def _all_new(self, keys: list[str], seqs: list[int], ts: list[int]) -> bool:
+        """Take the records as new if they plainly are; False (nothing taken) if it needs a closer look.
+
+        Plainly new: times never decrease, and each writer's run plainly
+        follows its cursor. Resends overlap what arrived and look closer.
+        """
+        if not all(map(le, ts, islice(ts, 1, None))):
+            return False
+        # Each writer's first and last (seq, time) in the batch, found in C.
+        first_seq = dict(zip(reversed(keys), reversed(seqs), strict=True))
+        first_ts = dict(zip(reversed(keys), reversed(ts), strict=True))
+        last_seq = dict(zip(keys, seqs, strict=True))
+        last_ts = dict(zip(keys, ts, strict=True))
+        cursors = self.cursors
+        fresh = [key for key in first_seq if key not in cursors]
+        for key in fresh:
+            cursors[key] = WriterCursor()
+        if all(
+            cursors[key].seq < first and cursors[key].key <= first_ts[key] for key, first in first_seq.items()
+        ):
+            for key in first_seq:
+                cursors[key].admit_run(first_seq[key], first_ts[key], last_seq[key], last_ts[key])
+            return True
+        for key in fresh:
+            del cursors[key]
+        return False
+
+    def records(self, node: str, records: list) -> tuple[Chunk, int]:
+        """Check and de-duplicate record by record; the new ones, and the newest time not yet written."""
+        written, cursors = self.written, self.cursors
+        items: list[tuple] = []
+        keys: dict[object, str] = {}  # writer -> "node|writer", per batch (a batch holds few writers)
+        newest = -1
+        bad = 0
+        duplicates = 0
+        for record in records:
+            try:
+                rseq = record["seq"]
+                ts = record["ts"]
+                if type(rseq) is not int or type(ts) is not int:
+                    raise TypeError
+                writer = record.get("w", "?")
+                raw = record.get("node")
+                if raw is None:
+                    key = keys.get(writer) or keys.setdefault(writer, record_key(node, writer))
+                else:  # relayed: the record names its own node
+                    record["node"] = name = self.name(raw)
+                    key = record_key(name, writer)
+            except (KeyError, TypeError, AttributeError):
+                bad += 1
+                continue
+            cursor = cursors.get(key)
+            if cursor is None:
+                cursor = cursors[key] = WriterCursor()
+            merge_key = cursor.admit(rseq, ts)
+            if merge_key is not None:
+                if merge_key > newest:
+                    newest = merge_key
+                if raw is None:
+                    record["node"] = node
+                items.append((merge_key, key, rseq, record))
+                continue
+            duplicates += 1
+            if rseq > written.get(key, -1) and ts > newest:
+                newest = ts  # held for merging already: its ack waits for it
+        self.stats["duplicates"] += duplicates
+        if bad:
+            self.stats["bad_frames"] += bad
+            self._notice(f"dropped {bad} malformed record(s) in a batch from {node}")
+        if items:
+            lines = self.lines.lines([item[3] for item in items])
+            items = [(*item, line) for item, line in zip(items, lines, strict=True)]
+        return Chunk.of(items), newest

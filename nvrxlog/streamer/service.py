@@ -1,0 +1,411 @@
+"""Streamer: receive every node's batches, write the cluster-wide file, publish live.
+
+One thread owns every socket and does everything in turn: receive, ingest
+(``ingest.py``), merge by time (``merge.py``), write, publish, checkpoint,
+acknowledge. Nothing waits on a pool or on another thread, so no slow part can
+starve or deadlock another; a slow disk only slows acknowledgements, and
+credit then slows the nodes. What it knows of its nodes is in ``sessions.py``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import time
+
+import orjson
+import zmq
+
+from nvrxlog.config import sanitize_name
+from nvrxlog.core.cursor import WriterCursor
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.core.output import CheckpointedOutput
+from nvrxlog.core.record import notice_record
+from nvrxlog.core.report import ErrorCounter
+from nvrxlog.core.service import Service
+from nvrxlog.core.watermark import handed_over
+from nvrxlog.errors import ConfigError, LifecycleError, OutputError, TransportError
+from nvrxlog.streamer.ingest import Ingest, record_key
+from nvrxlog.streamer.merge import Chunk, MergeBuffer, Ready
+from nvrxlog.streamer.sessions import Sessions
+from nvrxlog.wire.curve import CurveKeys, load_server_secret
+from nvrxlog.wire.forwarder import Forwarder
+from nvrxlog.wire.protocol import (
+    ACK,
+    BATCH,
+    HELLO,
+    INFO,
+    MAX_MESSAGE_BYTES,
+    PING,
+    PROTOCOL_VERSION,
+    QUIT,
+    REFUSED,
+    RESET,
+    TAIL,
+    WELCOME,
+    version_problem,
+)
+from nvrxlog.wire.wakeup import Wakeup
+
+__all__ = ["Streamer"]
+
+_INF = float("inf")
+
+
+class Streamer(Service):
+    """The central receiver: ``start()``, ``stop()``, ``endpoint``, context manager.
+
+    ``bind`` may use port 0 (``tcp://127.0.0.1:0``); ``endpoint`` is then the
+    address actually bound. With ``forward`` it is a relay that also passes
+    every record upward with the same delivery guarantees.
+    """
+
+    def __init__(
+        self,
+        bind: str,
+        out_file: str,
+        *,
+        json: bool = False,
+        forward: str | None = None,
+        name: str = "streamer",
+        max_hold: float = 1.0,
+        idle_timeout: float = 10.0,
+        credit_bytes: int = 256 << 20,
+        checkpoint_interval: float = 0.05,
+        curve_secret_key: str | None = None,
+        curve_clients_dir: str | None = None,
+        forward_curve: CurveKeys | None = None,
+        spool_max_bytes: int = 1 << 30,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        if not bind.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ConfigError(f"bind address {bind!r} is not tcp://HOST:PORT")
+        self.bind = bind
+        self.out_path = os.path.abspath(out_file)
+        self.name = sanitize_name(name)
+        self.forward = forward
+        self.endpoint: str | None = None
+        self.pub_endpoint: str | None = None
+        self.started = threading.Event()
+        self.stats: dict[str, int] = {
+            "records": 0,
+            "duplicates": 0,
+            "batches": 0,
+            "bad_frames": 0,
+            "nodes": 0,
+            "late": 0,
+            "refused": 0,
+        }
+        self.errors = ErrorCounter(f"streamer {self.name}")
+        self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
+        self._output = CheckpointedOutput(self.out_path, self.checkpoint_path)
+        self._format = LineFormat(json=json, untrusted=True)
+        self._hold_ns = int(max_hold * 1e9)
+        self._ckpt_s = checkpoint_interval
+        self._curve_secret = curve_secret_key
+        self._curve_clients = curve_clients_dir
+        self._forward_curve = forward_curve
+        self._spool_max = spool_max_bytes
+        self._max_message = max_message_bytes
+        self._forwarder: Forwarder | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._failure: BaseException | None = None
+        self._wake = Wakeup()
+        self._start_ns = time.time_ns()
+        self._notice_seq = 0
+        self._notice_key = record_key(self.name, f"streamer.{self._start_ns}")
+        self._sessions = Sessions(credit_bytes=credit_bytes, idle_timeout=idle_timeout)
+        self._watchers: set[bytes] = set()  # topics someone subscribes to on the live socket
+        self._ingest = Ingest(
+            self._format,
+            notice=self._notice,
+            keep_records=lambda: self._forwarder is not None or bool(self._watchers),
+            stats=self.stats,
+        )
+        # Records held for merging, as sorted chunks (one per batch): a flush
+        # takes what is ready from each chunk and sorts only that, instead of
+        # re-sorting everything held while a slow node catches up.
+        self._pending = MergeBuffer()
+        self._last_written_ts = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> Streamer:
+        """Bind and start serving; returns once ``endpoint`` is known."""
+        if self._thread is not None:
+            raise LifecycleError("Streamer.start() called twice")
+        self._recover()
+        if self.forward:
+            spool = os.path.join(os.path.dirname(self.out_path), f".nvrx_spool_relay_{self.name}")
+            self._forwarder = Forwarder(
+                self.forward,
+                self.name,
+                spool,
+                spool_max_bytes=self._spool_max,
+                notice=self._notice,
+                curve=self._forward_curve,
+            ).start()
+        self._thread = threading.Thread(target=self._run, name=f"nvrxlog-streamer-{self.name}", daemon=True)
+        self._thread.start()
+        if not self.started.wait(timeout) or self._failure is not None:
+            self._thread.join(1)
+            failure = self._failure
+            if self._forwarder is not None:
+                self._forwarder.stop(0)
+                self._forwarder = None
+            if isinstance(failure, ConfigError):
+                raise failure
+            raise TransportError(f"streamer could not start on {self.bind}: {failure}") from failure
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush everything received, acknowledge it, close. Safe to call twice."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake.poke()
+        self._thread.join(timeout)
+        if self._forwarder is not None:
+            undelivered = self._forwarder.stop(timeout)
+            self.stats["undelivered"] = undelivered
+            self._forwarder = None
+
+    def _recover(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
+            written = self._output.open()
+        except OSError as exc:
+            raise OutputError(f"cannot open {self.out_path}: {exc.strerror}") from exc
+        self._ingest = Ingest(
+            self._format,
+            written=written,
+            notice=self._notice,
+            keep_records=lambda: self._forwarder is not None or bool(self._watchers),
+            stats=self.stats,
+        )
+        if self._output.problem:
+            self._notice(self._output.problem)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def _sockets(self, context: zmq.Context, sockets: list[zmq.Socket]) -> tuple[zmq.Socket, zmq.Socket]:
+        router = context.socket(zmq.ROUTER)
+        sockets.append(router)
+        # XPUB rather than PUB: it tells us whether anyone watches, so records
+        # are only encoded for the live view while someone does.
+        pub = context.socket(zmq.XPUB)
+        sockets.append(pub)
+        for sock in (router, pub):
+            sock.linger = 0
+        router.setsockopt(zmq.MAXMSGSIZE, self._max_message)  # a larger message drops its connection
+        router.router_mandatory = False  # a vanished peer's reply is dropped, never an error
+        router.sndhwm = 10000
+        pub.sndhwm = 10000  # a slow `nvrxlog tail` loses lines; the streamer never waits for it
+        if self._curve_secret:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            public, secret = load_server_secret(self._curve_secret)
+            self._auth = ThreadAuthenticator(context)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=self._curve_clients or zmq.auth.CURVE_ALLOW_ANY)
+            for sock in (router, pub):
+                sock.curve_secretkey = secret
+                sock.curve_publickey = public
+                sock.curve_server = True
+        router.bind(self.bind)
+        self.endpoint = router.last_endpoint.decode()
+        host = self.endpoint.rsplit(":", 1)[0]
+        pub.bind(f"{host}:0" if self.endpoint.startswith("tcp://") else self.endpoint + ".pub")
+        self.pub_endpoint = pub.last_endpoint.decode()
+        return router, pub
+
+    def _run(self) -> None:
+        context = zmq.Context()
+        sockets: list[zmq.Socket] = []
+        self._auth = None
+        try:
+            try:
+                router, pub = self._sockets(context, sockets)
+            except (zmq.ZMQError, ConfigError) as exc:
+                self._failure = exc
+                self.started.set()
+                return
+            self.started.set()
+            self._serve(router, pub)
+        except BaseException as exc:
+            self._failure = exc
+            self.errors.report("fatal", f"stopped after an unexpected error: {exc!r}")
+        finally:
+            # Every socket made is closed, also when binding failed half way:
+            # an open socket would make context.term() wait forever.
+            for sock in sockets:
+                sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            context.term()
+            self._output.close()
+
+    def _serve(self, router: zmq.Socket, pub: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(pub, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        last_flush = time.monotonic()
+        while not self._stopping:
+            wait = max(0.0, self._ckpt_s - (time.monotonic() - last_flush))
+            busy = self._pending or self._sessions.has_unacked()
+            for item, _ in poller.poll(wait * 1000 if busy else 1000):
+                if item is self._wake:
+                    self._wake.drain()
+                    continue
+                if item is pub:
+                    self._subscriptions(pub)
+                    continue
+                # Receive until the flush is due, so under load lines keep
+                # coming out, acks keep flowing and what is held stays small.
+                due = last_flush + self._ckpt_s
+                while True:
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(router, frames)
+                    if time.monotonic() >= due:
+                        break
+            now = time.monotonic()
+            if now - last_flush >= self._ckpt_s:
+                last_flush = now
+                self._flush(router, pub, final=False)
+                self._notices(self._sessions.check_idle(now))
+        self._flush(router, pub, final=True)
+
+    def _subscriptions(self, pub: zmq.Socket) -> None:
+        # XPUB passes a topic's first subscription (b"\x01...") and, when its
+        # last subscriber leaves, the unsubscription (b"\x00...").
+        while True:
+            try:
+                message = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message[:1] == b"\x01":
+                self._watchers.add(message[1:])
+            elif message[:1] == b"\x00":
+                self._watchers.discard(message[1:])
+
+    # -- messages -------------------------------------------------------------------
+
+    def _handle(self, router: zmq.Socket, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.stats["bad_frames"] += 1
+            return
+        peer, kind = frames[0], frames[1]
+        sessions = self._sessions
+        session = sessions.get(peer)
+        now = time.monotonic()
+        try:
+            if kind == BATCH and session is not None and len(frames) >= 3:
+                self._notices(sessions.seen(session.node, now))
+                for payload in frames[2:]:
+                    batch = self._ingest.batch(session.node, payload)
+                    self._pending.add(batch.chunk)
+                    self.stats["batches"] += 1
+                    session.acks.append((batch.seq, batch.newest))
+                    sessions.advance(session.node, batch.watermark)
+            elif kind == PING and session is not None:
+                self._notices(sessions.seen(session.node, now))
+                if len(frames) == 3:
+                    sessions.advance(session.node, int(frames[2]))
+                router.send_multipart([peer, PING], zmq.NOBLOCK)
+            elif kind == HELLO and len(frames) == 3:
+                hello = orjson.loads(frames[2])
+                node = self._ingest.name(hello["node"])
+                problem = version_problem(hello)
+                if problem is not None:
+                    self.stats["refused"] += 1
+                    self._notice(f"refused node {node}: {problem}")
+                    reply = orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})
+                    router.send_multipart([peer, REFUSED, reply], zmq.NOBLOCK)
+                    return
+                credit, notices = sessions.hello(peer, node, now)
+                self._notices(notices)
+                self.stats["nodes"] = sessions.nodes
+                router.send_multipart([peer, WELCOME, orjson.dumps({"credit": credit})], zmq.NOBLOCK)
+            elif kind == QUIT and session is not None:
+                self._notices(sessions.quit(peer))
+            elif kind == TAIL:
+                router.send_multipart([peer, INFO, orjson.dumps({"pub": self.pub_endpoint})], zmq.NOBLOCK)
+            elif kind in (BATCH, PING):
+                router.send_multipart([peer, RESET], zmq.NOBLOCK)  # unknown peer (we restarted): hello first
+            else:
+                raise ValueError(f"unknown message kind {kind[:8]!r}")
+        except zmq.Again:
+            pass  # the peer's queue is full; it will ask again
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.stats["bad_frames"] += 1
+            who = session.node if session else "an unknown peer"
+            if session is None or not session.bad:
+                self._notice(f"dropped a malformed message from {who}: {str(exc)[:200]}")
+            if session is not None:
+                session.bad += 1
+
+    def _notices(self, notices: list[tuple[str, str]]) -> None:
+        for text, level in notices:
+            self._notice(text, level)
+
+    def _notice(self, text: str, level: str = "WARNING") -> None:
+        self._notice_seq += 1
+        ts = time.time_ns()
+        record = notice_record(
+            self._notice_seq, ts, f"nvrxlog streamer: {text}", level, node=self.name, w=f"streamer.{self._start_ns}"
+        )
+        # Our own writer, de-duplicated like any other (a relay's upstream sees it as one).
+        self._ingest.cursors.setdefault(self._notice_key, WriterCursor()).seq = self._notice_seq
+        self._pending.add(Chunk([ts], [self._notice_key], [self._notice_seq], [record], self._format.lines([record])))
+
+    # -- writing --------------------------------------------------------------------
+
+    def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
+        cutoff = _INF if final else self._sessions.cutoff(time.time_ns(), self._hold_ns)
+        ready, oldest_held = self._pending.take(cutoff)
+        if ready is not None:
+            self._write(ready, pub, handed_over(cutoff, _INF, time.time_ns()))
+            # Only writing changes what is durable; an idle flush saves nothing.
+            # Acks below stay safe: a batch is acked once its newest record is
+            # under the cutoff, so written by this flush or an earlier one.
+            self._output.save(self._ingest.written)
+        if self._forwarder is not None:
+            self._forwarder.watermark = handed_over(cutoff, oldest_held, time.time_ns())
+        for peer, last in self._sessions.acks_due(cutoff):
+            try:
+                router.send_multipart([peer, ACK, orjson.dumps({"acked": last})], zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the node resends and is acknowledged again
+
+    def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> None:
+        self._output.write("".join(ready.merged("lines")).encode("utf-8", "backslashreplace"))
+        written = self._ingest.written
+        last_written = self._last_written_ts
+        for part in ready.parts:
+            # In each part, and from part to part, a writer's records keep their order.
+            written.update(zip(part.keys, part.seqs, strict=True))
+            if part.ts[0] < last_written:
+                # Older than lines already written: it came from a node that lagged
+                # more than max_hold (or reached its own node late). Written, counted.
+                self.stats["late"] += bisect.bisect_left(part.ts, last_written)
+            self._last_written_ts = max(self._last_written_ts, part.ts[-1])
+        self.stats["records"] += len(ready)
+        if not self._watchers and self._forwarder is None:
+            return
+        records = ready.merged("records")
+        if self._watchers:
+            # Records that arrived before anyone watched were not kept as dicts.
+            shown = [r for r in records if r is not None]
+            try:
+                if shown:
+                    pub.send_multipart([b"rec", orjson.dumps(shown)], zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # no subscriber keeps up: live view only, the file has everything
+        if self._forwarder is not None:
+            self._forwarder.submit(records, watermark)

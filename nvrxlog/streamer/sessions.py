@@ -1,0 +1,124 @@
+"""The streamer's view of its nodes, with no sockets: sessions, watermarks, idleness, credit, acks.
+
+A session is one connected node (one DEALER connection, known by its peer
+id). A node says hello and is welcomed with a share of the streamer's byte
+credit; it sends batches, each acknowledged once its records are written;
+it says quit when it is done. A node silent past the idle timeout is marked
+gone (and stops holding the others back) until it is heard again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Session", "Sessions"]
+
+_MIN_CREDIT = 256 << 10
+_MAX_CREDIT = 8 << 20
+
+
+@dataclass(slots=True)
+class Session:
+    """One connected node."""
+
+    node: str
+    acks: list[tuple[int, int]] = field(default_factory=list)  # (batch seq, newest time in it not yet durable)
+    bad: int = 0  # malformed messages from it
+
+
+class Sessions:
+    """Every connected node's session, watermark and last sign of life.
+
+    Methods that change what the output should say return the notices to
+    write (text, level); the caller writes them.
+    """
+
+    def __init__(self, *, credit_bytes: int, idle_timeout: float) -> None:
+        self.credit_bytes = credit_bytes
+        self.idle_timeout = idle_timeout
+        self.by_peer: dict[bytes, Session] = {}
+        self.watermarks: dict[str, int] = {}  # node -> it has handed over everything up to this time
+        self.last_seen: dict[str, float] = {}
+        self.gone: set[str] = set()
+
+    def get(self, peer: bytes) -> Session | None:
+        """The session of ``peer``, if it said hello."""
+        return self.by_peer.get(peer)
+
+    @property
+    def nodes(self) -> int:
+        """How many distinct nodes are connected."""
+        return len({s.node for s in self.by_peer.values()})
+
+    def hello(self, peer: bytes, node: str, now: float) -> tuple[int, list[tuple[str, str]]]:
+        """``peer`` says hello as ``node``: its credit in bytes, and notices."""
+        for other, old in list(self.by_peer.items()):
+            if old.node == node:
+                del self.by_peer[other]  # a reconnect replaces the old connection
+        self.by_peer[peer] = Session(node)
+        # Until it reports a watermark, a new node holds the others back
+        # (at most max_hold): its first records may be older than theirs.
+        self.watermarks.setdefault(node, 0)
+        notices = self.seen(node, now)
+        # The byte budget is shared: what all nodes may have in flight at once
+        # bounds what the streamer holds.
+        credit = max(_MIN_CREDIT, min(_MAX_CREDIT, self.credit_bytes // max(1, len(self.by_peer))))
+        return credit, notices
+
+    def quit(self, peer: bytes) -> list[tuple[str, str]]:
+        """``peer`` finished cleanly: no more records, so it holds nobody back and is not "gone"."""
+        session = self.by_peer.pop(peer, None)
+        if session is None:
+            return []
+        self.watermarks.pop(session.node, None)
+        self.last_seen.pop(session.node, None)
+        return [(f"node {session.node} finished", "INFO")]
+
+    def seen(self, node: str, now: float) -> list[tuple[str, str]]:
+        """``node`` was heard from."""
+        self.last_seen[node] = now
+        if node in self.gone:
+            self.gone.discard(node)
+            return [(f"node {node} is back", "INFO")]
+        return []
+
+    def advance(self, node: str, watermark: int) -> None:
+        """``node`` has handed over everything up to ``watermark`` (watermarks never go back)."""
+        if watermark > self.watermarks.get(node, 0):
+            self.watermarks[node] = watermark
+
+    def check_idle(self, now: float) -> list[tuple[str, str]]:
+        """Mark nodes silent past the idle timeout as gone."""
+        notices = []
+        for node, seen in self.last_seen.items():
+            if node not in self.gone and now - seen > self.idle_timeout:
+                self.gone.add(node)
+                notices.append((f"node {node} has been silent for {now - seen:.0f}s: marked gone", "WARNING"))
+        return notices
+
+    def cutoff(self, now_ns: int, hold_ns: int) -> int:
+        """Write up to the lowest watermark of the live nodes, holding back at most ``hold_ns``."""
+        live = [w for node, w in self.watermarks.items() if node not in self.gone]
+        return max(min(live, default=now_ns), now_ns - hold_ns)
+
+    def has_unacked(self) -> bool:
+        """Some batch received waits for its acknowledgement."""
+        return any(s.acks for s in self.by_peer.values())
+
+    def acks_due(self, cutoff: float) -> list[tuple[bytes, int]]:
+        """``(peer, last batch seq)`` for every session whose batches are now written up to ``cutoff``.
+
+        A batch is acknowledged once its newest record is under the cutoff,
+        so written by this flush or an earlier one; acknowledged batches are
+        forgotten.
+        """
+        due = []
+        for peer, session in self.by_peer.items():
+            acks = session.acks
+            done = 0
+            while done < len(acks) and acks[done][1] <= cutoff:
+                done += 1
+            if done:
+                due.append((peer, acks[done - 1][0]))
+                del acks[:done]
+        return due

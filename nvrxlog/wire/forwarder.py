@@ -1,0 +1,296 @@
+"""The node side of the wire: a thread that delivers spooled batches to a streamer.
+
+``submit()`` (the aggregator's or relay's thread) appends to the on-disk spool
+and returns at once; the forwarder's thread, sole owner of its DEALER socket,
+sends within the streamer's credit, deletes what is acknowledged, and resends
+after a reconnect. What to do when is decided by ``Link`` (``link.py``); the
+messages are described in ``protocol.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import orjson
+import zmq
+
+from nvrxlog.core.record import notice_record
+from nvrxlog.core.watermark import batch_watermarks
+from nvrxlog.errors import ConfigError, LifecycleError, TransportError
+from nvrxlog.wire.curve import CurveKeys
+from nvrxlog.wire.link import Link, LinkState
+from nvrxlog.wire.losses import LossLedger
+from nvrxlog.wire.protocol import (
+    ACK,
+    BATCH,
+    MAX_BATCH_RECORDS,
+    MAX_MESSAGE_BYTES,
+    PING,
+    QUIT,
+    REFUSED,
+    RESET,
+    WELCOME,
+    hello,
+)
+from nvrxlog.wire.spool import Dropped, Spool
+from nvrxlog.wire.wakeup import Wakeup
+
+__all__ = ["Forwarder"]
+
+_MESSAGE_TARGET = 1 << 20  # consecutive small batches travel together up to this size
+
+#: Reports a problem as a line in the node's output: ``notice(text)``.
+Notice = Callable[[str], None]
+
+
+class Forwarder:
+    """Delivers spooled batches to a streamer over a DEALER socket, in its own thread.
+
+    ``submit()`` (any thread) appends to the on-disk spool and returns at
+    once; nothing a rank or the aggregator does ever waits for the network.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        node_id: str,
+        spool_dir: str,
+        *,
+        spool_max_bytes: int = 1 << 30,
+        warn_after: float = 30.0,
+        heartbeat: float = 1.0,
+        liveness: float = 5.0,
+        notice: Notice | None = None,
+        curve: CurveKeys | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ConfigError(f"streamer address {endpoint!r} is not tcp://HOST:PORT")
+        self.endpoint = endpoint
+        self.node_id = node_id
+        self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
+        self.warn_after = warn_after
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.curve = curve
+        # A context may be shared (it is thread-safe); each socket stays in one thread.
+        self._context = context
+        self.link = Link(heartbeat=heartbeat, liveness=liveness, now=time.monotonic())
+        #: Every record up to this time (ns) has been submitted; set by the producer.
+        self.watermark = 0
+        self.stats: dict[str, int] = {"sent": 0, "acked_batches": 0, "resets": 0, "reconnects": 0, "dropped": 0}
+        self.failure: BaseException | None = None
+        self._notice = notice or (lambda text: None)
+        self._wake = Wakeup()
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._thread: threading.Thread | None = None
+        self._owner_pid = os.getpid()
+        self._losses_lock = threading.Lock()  # the producer adds losses, the sender reports them
+        self._losses = LossLedger(self.spool.load_lost())
+        self._loss_seq = 0
+        self._started_ns = time.time_ns()
+
+    def start(self) -> Forwarder:
+        """Start the forwarding thread."""
+        if self._thread is not None:
+            raise LifecycleError("Forwarder.start() called twice")
+        self._thread = threading.Thread(target=self._run, name=f"nvrxlog-forwarder-{self.node_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, records: list, watermark: int) -> None:
+        """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
+        batches = [records[i : i + MAX_BATCH_RECORDS] for i in range(0, len(records), MAX_BATCH_RECORDS)]
+        marks = batch_watermarks([min(r["ts"] for r in batch) for batch in batches], watermark)
+        for batch, mark in zip(batches, marks, strict=True):
+            _, dropped = self.spool.append(batch, mark)
+            if dropped:
+                self._record_loss(dropped)
+        self._wake.poke()
+
+    def _record_loss(self, dropped: list[Dropped]) -> None:
+        with self._losses_lock:
+            self._losses.add(dropped)
+            self.spool.save_lost(self._losses.entries)
+        self.stats["dropped"] += sum(loss.records for loss in dropped)
+        self._notice(
+            f"forwarding spool over its limit ({self.spool.max_bytes / (1 << 20):g} MiB) while the streamer "
+            "did not acknowledge: dropping the oldest batches; the cluster log will say which (this file has them)"
+        )
+
+    def _report_loss(self) -> None:
+        """Spool one notice stating every unreported loss (see ``LossLedger``)."""
+        with self._losses_lock:
+            if self._losses.acknowledged(self.spool.acked):
+                self.spool.save_lost(self._losses.entries)
+            text = self._losses.report_text()
+        if text is None:
+            return
+        self._loss_seq += 1
+        now = time.time_ns()
+        record = notice_record(self._loss_seq, now, text, w=f"forwarder.{self._started_ns}")
+        seq, dropped = self.spool.append([record], max(self.watermark, now), count=0)
+        with self._losses_lock:
+            self._losses.reported(seq)
+        if dropped:
+            self._record_loss(dropped)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` s for every batch to be acknowledged; return records not delivered."""
+        if self._thread is None or os.getpid() != self._owner_pid:
+            return 0
+        self._stop_deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._wake.poke()
+        self._thread.join(timeout + 5)
+        undelivered = self.spool.unacked
+        self.spool.close()
+        return undelivered
+
+    def _handle(self, frames: list[bytes], now: float) -> None:
+        """Act on one message from the streamer."""
+        link = self.link
+        link.heard(now)
+        kind = frames[0]
+        if kind == ACK:
+            acked = int(orjson.loads(frames[1])["acked"])
+            before = self.spool.acked
+            self.spool.ack(acked)
+            self.stats["acked_batches"] += self.spool.acked - before
+            link.acked(self.spool.acked)
+        elif kind == WELCOME:
+            if link.welcome(int(orjson.loads(frames[1])["credit"])):
+                self.spool.rewind()  # resend everything unacknowledged, in order
+        elif kind == RESET:
+            link.reset()
+            self.stats["resets"] += 1
+        elif kind == REFUSED:
+            reason = str(orjson.loads(frames[1]).get("reason", "no reason given"))[:300]
+            link.refuse(reason)
+            self._notice(
+                f"the streamer {self.endpoint} refused this node: {reason}; "
+                f"forwarding stopped, records stay spooled in {self.spool.directory}"
+            )
+
+    # -- the forwarding thread ------------------------------------------------------
+
+    def _socket(self, context: zmq.Context) -> zmq.Socket:
+        sock = context.socket(zmq.DEALER)
+        try:
+            sock.linger = 0  # unacknowledged batches live in the spool, not in the socket
+            sock.immediate = True  # no queueing to a streamer that is not there: we resend
+            sock.sndhwm = 1000
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            if self.curve is not None:
+                self.curve.apply(sock)
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise TransportError(f"cannot connect to {self.endpoint}: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _run(self) -> None:
+        context = self._context or zmq.Context()
+        self._sock: zmq.Socket | None = None
+        try:
+            self._loop(context)
+        except Exception as exc:
+            self.failure = exc
+            self._notice(f"forwarding stopped after an unexpected error: {exc!r}")
+        finally:
+            if self._sock is not None:
+                self._sock.close(linger=0)
+            if self._context is None:
+                context.term()
+
+    def _loop(self, context: zmq.Context) -> None:
+        sock = self._sock = self._socket(context)
+        link = self.link
+        spool = self.spool
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        hello_frames = hello(self.node_id)
+        warned = False
+        while True:
+            now = time.monotonic()
+            if link.state is LinkState.REFUSED:
+                return
+            if self._stopping and (spool.pending_batches == 0 or now > self._stop_deadline):
+                if link.ready and spool.pending_batches == 0:
+                    # A clean goodbye: the streamer stops waiting for our watermark.
+                    _try_send(sock, [QUIT])
+                return
+            if link.hello_due(now):
+                _try_send(sock, hello_frames)
+                link.said_hello(now)
+            if not warned and link.waited_past(now, self.warn_after):
+                warned = True
+                self._notice(
+                    f"the streamer {self.endpoint} has not answered for {self.warn_after:.0f}s; "
+                    "records are spooled and forwarding keeps retrying"
+                )
+            if link.silent(now):
+                # A silent streamer (killed, restarted, network gone): start
+                # over on a fresh connection and resend what is unacknowledged.
+                poller.unregister(sock)
+                sock.close()
+                self._sock = None
+                sock = self._sock = self._socket(context)
+                poller.register(sock, zmq.POLLIN)
+                link.reconnected(now)
+                self.stats["reconnects"] += 1
+                continue
+            if link.ready:
+                self._report_loss()
+            while link.has_room():
+                frames = [BATCH]
+                size = 0
+                last = 0
+                while size < _MESSAGE_TARGET and (batch := spool.next_batch()) is not None:
+                    frames.append(batch[1])
+                    size += len(batch[1])
+                    last = batch[0]
+                if not last:
+                    break
+                if not _try_send(sock, frames):
+                    spool.rewind()  # the pipe is full or gone: resend from the first unacked
+                    link.send_failed()
+                    break
+                link.sent(last, size, now)
+                self.stats["sent"] += len(frames) - 1
+            # Read the watermark before asking whether all is sent: the
+            # producer spools a batch and then raises the watermark, so in
+            # this order a watermark is never announced ahead of its batch.
+            watermark = self.watermark
+            ping = link.ping(now, watermark, spool.all_sent)
+            if ping is not None:
+                _try_send(sock, [PING, ping] if ping else [PING])
+            for item, _ in poller.poll(link.poll_timeout() * 1000):
+                if item is self._wake:
+                    self._wake.drain()
+                    continue
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        self._handle(frames, time.monotonic())
+                    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                        self.stats["bad_replies"] = self.stats.get("bad_replies", 0) + 1
+
+
+def _try_send(sock: zmq.Socket, frames: list[bytes]) -> bool:
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False

@@ -1,0 +1,73 @@
+"""The wire protocol between node aggregators (or relays) and the streamer.
+
+Every message is a multipart ZeroMQ message whose first frame is its kind:
+
+==========  ======================  ===============================================
+direction   kind                    payload (orjson unless said otherwise)
+==========  ======================  ===============================================
+node ->     ``H`` hello             ``{"node": id, "v": PROTOCOL_VERSION}``
+node ->     ``B`` batches           one or more spool lines (a frame each):
+                                    ``{"b": seq, "c": watermark, "n": count, ...}``, the
+                                    records as columns (``columns``) or as ``"r": [...]``
+node ->     ``P`` ping              optional watermark (ascii ns) once every batch is sent
+node ->     ``Q`` quit              none: everything is acknowledged and nothing more will come
+anyone ->   ``T`` tail info         none
+-> node     ``W`` welcome           ``{"credit": bytes of batches in flight allowed}``
+-> node     ``A`` ack               ``{"acked": seq}``: batches up to seq are durable
+-> node     ``P`` pong              none
+-> node     ``R`` reset             none: "say hello first" (e.g. after a restart)
+-> node     ``X`` refused           ``{"reason": text, "v": the streamer's version}``
+-> anyone   ``I`` info              ``{"pub": endpoint of the live PUB socket}``
+==========  ======================  ===============================================
+
+A node sends batches in order, at most ``credit`` bytes beyond the last ack, and on a
+reset, a reconnect or a silent streamer rewinds to the first unacknowledged
+batch. The streamer de-duplicates per record (node, writer, writer seq), so a
+resend can never double a line. A hello of another protocol version is
+refused, and both sides say so.
+
+A watermark says "this node has handed over every record up to this time";
+the streamer writes up to the lowest watermark of its live nodes, so lines
+from different nodes come out in time order however late each arrives.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+__all__ = [
+    "ACK",
+    "BATCH",
+    "HELLO",
+    "INFO",
+    "MAX_BATCH_RECORDS",
+    "MAX_MESSAGE_BYTES",
+    "PING",
+    "PROTOCOL_VERSION",
+    "QUIT",
+    "REFUSED",
+    "RESET",
+    "TAIL",
+    "WELCOME",
+    "hello",
+    "version_problem",
+]
+
+HELLO, BATCH, PING, TAIL, QUIT = b"H", b"B", b"P", b"T", b"Q"
+WELCOME, ACK, RESET, INFO, REFUSED = b"W", b"A", b"R", b"I", b"X"
+PROTOCOL_VERSION = 2
+MAX_BATCH_RECORDS = 1000
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+def hello(node_id: str) -> list[bytes]:
+    """The frames of a node's hello."""
+    return [HELLO, orjson.dumps({"node": node_id, "v": PROTOCOL_VERSION})]
+
+
+def version_problem(hello_body: dict) -> str | None:
+    """Why a peer's hello cannot be served (another protocol version), or None."""
+    version = hello_body.get("v")
+    if version == PROTOCOL_VERSION:
+        return None
+    return f"protocol version {version!r} is not this streamer's ({PROTOCOL_VERSION}); upgrade nvrxlog on both ends"
