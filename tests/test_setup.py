@@ -134,7 +134,7 @@ def test_without_an_aggregator_retention_deletes_and_reports_the_loss(
     monkeypatch.setenv("NVRX_LOG_MAX_FILE_SIZE_KB", "1")
     monkeypatch.setenv("NVRX_LOG_MAX_LOG_FILES", "2")
     monkeypatch.setenv("NVRX_LOG_AGGREGATOR", "external")
-    monkeypatch.setattr("nvrxlog.rank.handler.ABSENT_GRACE_NS", 0)
+    monkeypatch.setattr("nvrxlog.rank.retention.ABSENT_GRACE_NS", 0)
     tmp = tmp_path / "tmp"
     log = setup_logger(node_local_tmp_dir=str(tmp))
     for i in range(200):

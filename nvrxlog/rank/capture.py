@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Iterable
 
+from nvrxlog.core import forks
 from nvrxlog.errors import ConfigError
 
 __all__ = ["Capture", "parse_capture"]
@@ -69,6 +70,11 @@ class _LineWriter(io.TextIOBase):
         self._name = name
         self._echo = echo
         self._partial = ""
+        self._lock = threading.Lock()
+        forks.register(self)
+
+    def after_fork_in_child(self) -> None:
+        # Another thread may have held the lock at the fork; the child's first print would wait forever.
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
