@@ -5,10 +5,11 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import time
 
-from nvrxlog.errors import TmpDirError
+from nvrxlog.errors import AggregatorBusyError, TmpDirError
 
-__all__ = ["LOCK_NAME", "aggregator_alive", "prepare_tmp_dir"]
+__all__ = ["LOCK_NAME", "AggregatorLock", "aggregator_alive", "prepare_tmp_dir"]
 
 #: The aggregator of a tmpdir holds an exclusive flock on this file in it.
 LOCK_NAME = ".nvrx-aggregator.lock"
@@ -58,3 +59,51 @@ def aggregator_alive(tmp_dir: str) -> bool:
     finally:
         os.close(fd)  # also releases our shared lock at once
     return False
+
+
+class AggregatorLock:
+    """The exclusive lock that makes one aggregator per tmpdir.
+
+    Writers take a shared lock on the same file for a moment to ask "is
+    anyone there?" (``aggregator_alive``); taking it retries briefly so that
+    does not look like a second aggregator.
+    """
+
+    wait_s = 1.0
+
+    def __init__(self) -> None:
+        self._fd = -1
+
+    def take(self, tmp_dir: str) -> None:
+        """Take the lock of ``tmp_dir``; raises AggregatorBusyError or TmpDirError."""
+        path = os.path.join(tmp_dir, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise TmpDirError(f"cannot create {path}: {exc.strerror}") from exc
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise AggregatorBusyError(f"another aggregator already serves {tmp_dir}") from None
+                time.sleep(0.005)  # flock has no timeout; a writer's probe lasts microseconds
+        self._fd = fd
+
+    def release(self) -> None:
+        """Release the lock (safe twice)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close our copy without unlocking, so the parent keeps the lock."""
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1

@@ -11,7 +11,6 @@ checkpoint that covers it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
 import time
@@ -25,9 +24,9 @@ from nvrxlog.core.output import CheckpointedOutput
 from nvrxlog.core.record import WriterId, notice_record
 from nvrxlog.core.report import ErrorCounter, describe
 from nvrxlog.core.service import Service
-from nvrxlog.core.tmpdir import LOCK_NAME, prepare_tmp_dir
+from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
 from nvrxlog.core.watermark import handed_over
-from nvrxlog.errors import AggregatorBusyError, ConfigError, LifecycleError, OutputError, TmpDirError
+from nvrxlog.errors import ConfigError, LifecycleError, OutputError
 from nvrxlog.node.merge import HoldBack
 from nvrxlog.node.scanner import TmpDirScanner
 from nvrxlog.node.tail import WriterTail, writer_is_dead
@@ -40,7 +39,6 @@ __all__ = ["NodeAggregator", "node_log_path"]
 
 _INF = float("inf")
 _DEAD_CHECK_NS = 1_000_000_000
-_LOCK_WAIT_S = 1.0
 
 
 def node_log_path(log_dir: str, node_id: str) -> str:
@@ -104,7 +102,7 @@ class NodeAggregator(Service):
         self._drain = True
         self._thread: threading.Thread | None = None
         self._owner_pid = os.getpid()
-        self._lock_fd = -1
+        self._lock = AggregatorLock()
         self._output = CheckpointedOutput(self.out_path, self.checkpoint_path)
         self._written: dict[str, int] = {}  # what the checkpoint found written, per writer
         self._scanner = TmpDirScanner(self.tmp_dir)
@@ -135,7 +133,7 @@ class NodeAggregator(Service):
             os.makedirs(self.log_dir, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create log dir {self.log_dir}: {exc.strerror}") from exc
-        self._take_lock()
+        self._lock.take(self.tmp_dir)
         try:
             self._recover()
             if self.streamer:
@@ -147,7 +145,7 @@ class NodeAggregator(Service):
                 ).start()
         except BaseException:
             self._output.close()
-            self._release_lock()
+            self._lock.release()
             raise
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-aggregator-{self.node_id}", daemon=True)
         self._thread.start()
@@ -186,31 +184,6 @@ class NodeAggregator(Service):
                     f"they stay spooled in {forwarder.spool.directory} for the next run",
                 )
         return not self._thread.is_alive()
-
-    def _take_lock(self) -> None:
-        path = os.path.join(self.tmp_dir, LOCK_NAME)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise TmpDirError(f"cannot create {path}: {exc.strerror}") from exc
-        # Writers take a shared lock for a moment to ask "is anyone there?";
-        # retry briefly so that does not look like a second aggregator.
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise AggregatorBusyError(f"another aggregator already serves {self.tmp_dir}") from None
-                time.sleep(0.005)
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
 
     def _recover(self) -> None:
         try:
@@ -252,7 +225,7 @@ class NodeAggregator(Service):
             for tail in self._tails.values():
                 tail.close()
             self._output.close()
-            self._release_lock()
+            self._lock.release()
 
     def _lingering(self) -> bool:
         """Stopping, but some writer on the node still lives and there is time to wait for it."""
@@ -378,12 +351,7 @@ class NodeAggregator(Service):
 
     def after_fork_in_child(self) -> None:
         """Drop the parent's descriptors without unlocking: the thread did not survive the fork."""
-        if self._lock_fd >= 0:
-            try:
-                os.close(self._lock_fd)
-            except OSError:
-                pass
-            self._lock_fd = -1
+        self._lock.forget_after_fork()
         self._output.forget_after_fork()
         for tail in self._tails.values():
             tail.close()

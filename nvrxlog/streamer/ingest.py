@@ -62,7 +62,7 @@ class Ingest:
         stats: dict[str, int] | None = None,
     ) -> None:
         self.lines = lines
-        self.written: dict[str, int] = dict(written or {})
+        self.written: dict[str, int] = written if written is not None else {}  # shared with the output
         self.cursors: dict[str, WriterCursor] = {key: WriterCursor(seq) for key, seq in self.written.items()}
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("duplicates", 0)

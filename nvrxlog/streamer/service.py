@@ -9,7 +9,6 @@ credit then slows the nodes. What it knows of its nodes is in ``sessions.py``.
 
 from __future__ import annotations
 
-import bisect
 import os
 import threading
 import time
@@ -20,7 +19,6 @@ import zmq
 from nvrxlog.config import sanitize_name
 from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
-from nvrxlog.core.output import CheckpointedOutput
 from nvrxlog.core.record import notice_record
 from nvrxlog.core.report import ErrorCounter
 from nvrxlog.core.service import Service
@@ -28,8 +26,10 @@ from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError, TransportError
 from nvrxlog.streamer.ingest import Ingest, record_key
 from nvrxlog.streamer.merge import Chunk, MergeBuffer, Ready
+from nvrxlog.streamer.output import ClusterOutput
 from nvrxlog.streamer.sessions import Sessions
-from nvrxlog.wire.curve import CurveKeys, load_server_secret
+from nvrxlog.streamer.sockets import bind_sockets
+from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.forwarder import Forwarder
 from nvrxlog.wire.protocol import (
     ACK,
@@ -99,7 +99,7 @@ class Streamer(Service):
         }
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
-        self._output = CheckpointedOutput(self.out_path, self.checkpoint_path)
+        self._cluster = ClusterOutput(self.out_path, self.checkpoint_path)
         self._format = LineFormat(json=json, untrusted=True)
         self._hold_ns = int(max_hold * 1e9)
         self._ckpt_s = checkpoint_interval
@@ -128,7 +128,6 @@ class Streamer(Service):
         # takes what is ready from each chunk and sorts only that, instead of
         # re-sorting everything held while a slow node catches up.
         self._pending = MergeBuffer()
-        self._last_written_ts = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -175,7 +174,7 @@ class Streamer(Service):
     def _recover(self) -> None:
         try:
             os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
-            written = self._output.open()
+            written = self._cluster.open()
         except OSError as exc:
             raise OutputError(f"cannot open {self.out_path}: {exc.strerror}") from exc
         self._ingest = Ingest(
@@ -185,67 +184,45 @@ class Streamer(Service):
             keep_records=lambda: self._forwarder is not None or bool(self._watchers),
             stats=self.stats,
         )
-        if self._output.problem:
-            self._notice(self._output.problem)
+        if self._cluster.file.problem:
+            self._notice(self._cluster.file.problem)
 
     # -- the loop -------------------------------------------------------------------
 
-    def _sockets(self, context: zmq.Context, sockets: list[zmq.Socket]) -> tuple[zmq.Socket, zmq.Socket]:
-        router = context.socket(zmq.ROUTER)
-        sockets.append(router)
-        # XPUB rather than PUB: it tells us whether anyone watches, so records
-        # are only encoded for the live view while someone does.
-        pub = context.socket(zmq.XPUB)
-        sockets.append(pub)
-        for sock in (router, pub):
-            sock.linger = 0
-        router.setsockopt(zmq.MAXMSGSIZE, self._max_message)  # a larger message drops its connection
-        router.router_mandatory = False  # a vanished peer's reply is dropped, never an error
-        router.sndhwm = 10000
-        pub.sndhwm = 10000  # a slow `nvrxlog tail` loses lines; the streamer never waits for it
-        if self._curve_secret:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            public, secret = load_server_secret(self._curve_secret)
-            self._auth = ThreadAuthenticator(context)
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=self._curve_clients or zmq.auth.CURVE_ALLOW_ANY)
-            for sock in (router, pub):
-                sock.curve_secretkey = secret
-                sock.curve_publickey = public
-                sock.curve_server = True
-        router.bind(self.bind)
-        self.endpoint = router.last_endpoint.decode()
-        host = self.endpoint.rsplit(":", 1)[0]
-        pub.bind(f"{host}:0" if self.endpoint.startswith("tcp://") else self.endpoint + ".pub")
-        self.pub_endpoint = pub.last_endpoint.decode()
-        return router, pub
-
     def _run(self) -> None:
         context = zmq.Context()
-        sockets: list[zmq.Socket] = []
-        self._auth = None
+        made: list = []
         try:
             try:
-                router, pub = self._sockets(context, sockets)
+                router, pub = bind_sockets(
+                    context,
+                    self.bind,
+                    max_message=self._max_message,
+                    curve_secret=self._curve_secret,
+                    curve_clients=self._curve_clients,
+                    made=made,
+                )
             except (zmq.ZMQError, ConfigError) as exc:
                 self._failure = exc
                 self.started.set()
                 return
+            self.endpoint = router.last_endpoint.decode()
+            self.pub_endpoint = pub.last_endpoint.decode()
             self.started.set()
             self._serve(router, pub)
         except BaseException as exc:
             self._failure = exc
             self.errors.report("fatal", f"stopped after an unexpected error: {exc!r}")
         finally:
-            # Every socket made is closed, also when binding failed half way:
+            # Everything made is closed, also when binding failed half way:
             # an open socket would make context.term() wait forever.
-            for sock in sockets:
-                sock.close(linger=0)
-            if self._auth is not None:
-                self._auth.stop()
+            for thing in reversed(made):
+                if isinstance(thing, zmq.Socket):
+                    thing.close(linger=0)
+                else:
+                    thing.stop()
             context.term()
-            self._output.close()
+            self._cluster.close()
 
     def _serve(self, router: zmq.Socket, pub: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -374,7 +351,7 @@ class Streamer(Service):
             # Only writing changes what is durable; an idle flush saves nothing.
             # Acks below stay safe: a batch is acked once its newest record is
             # under the cutoff, so written by this flush or an earlier one.
-            self._output.save(self._ingest.written)
+            self._cluster.checkpoint()
         if self._forwarder is not None:
             self._forwarder.watermark = handed_over(cutoff, oldest_held, time.time_ns())
         for peer, last in self._sessions.acks_due(cutoff):
@@ -384,18 +361,9 @@ class Streamer(Service):
                 pass  # the node resends and is acknowledged again
 
     def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> None:
-        self._output.write("".join(ready.merged("lines")).encode("utf-8", "backslashreplace"))
-        written = self._ingest.written
-        last_written = self._last_written_ts
-        for part in ready.parts:
-            # In each part, and from part to part, a writer's records keep their order.
-            written.update(zip(part.keys, part.seqs, strict=True))
-            if part.ts[0] < last_written:
-                # Older than lines already written: it came from a node that lagged
-                # more than max_hold (or reached its own node late). Written, counted.
-                self.stats["late"] += bisect.bisect_left(part.ts, last_written)
-            self._last_written_ts = max(self._last_written_ts, part.ts[-1])
-        self.stats["records"] += len(ready)
+        self._cluster.write(ready)
+        self.stats["records"] = self._cluster.records
+        self.stats["late"] = self._cluster.late
         if not self._watchers and self._forwarder is None:
             return
         records = ready.merged("records")

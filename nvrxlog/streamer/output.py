@@ -1,0 +1,48 @@
+"""The cluster-wide file: merged records written, counted and checkpointed."""
+
+from __future__ import annotations
+
+import bisect
+
+from nvrxlog.core.output import CheckpointedOutput
+from nvrxlog.streamer.merge import Ready
+
+__all__ = ["ClusterOutput"]
+
+
+class ClusterOutput:
+    """Writes ready records in time order and keeps, per writer, the highest seq written."""
+
+    def __init__(self, path: str, checkpoint_path: str) -> None:
+        self.file = CheckpointedOutput(path, checkpoint_path)
+        self.written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
+        self.records = 0
+        self.late = 0  # written after newer lines (a node that lagged more than max_hold)
+        self._last_ts = 0
+
+    def open(self) -> dict[str, int]:
+        """Recover the file (see ``CheckpointedOutput.open``); the writers' written seqs."""
+        self.written = self.file.open()
+        return self.written
+
+    def write(self, ready: Ready) -> None:
+        """Append ``ready``'s lines in time order; raises OSError with the file as it was."""
+        self.file.write("".join(ready.merged("lines")).encode("utf-8", "backslashreplace"))
+        written = self.written
+        last_ts = self._last_ts
+        for part in ready.parts:
+            # In each part, and from part to part, a writer's records keep their order.
+            written.update(zip(part.keys, part.seqs, strict=True))
+            if part.ts[0] < last_ts:
+                # Older than lines already written: from a node that lagged more
+                # than max_hold (or reached its own node late). Written, counted.
+                self.late += bisect.bisect_left(part.ts, last_ts)
+            self._last_ts = max(self._last_ts, part.ts[-1])
+        self.records += len(ready)
+
+    def checkpoint(self) -> None:
+        """Make what is written durable in the checkpoint; raises OSError."""
+        self.file.save(self.written)
+
+    def close(self) -> None:
+        self.file.close()
