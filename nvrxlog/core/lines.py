@@ -74,7 +74,11 @@ class LineFormat:
         texts = list(map(_TEXT.__mod__, zip(stamps, levels, nodes, labels, files, line_numbers, msgs, strict=True)))
         if self.untrusted:
             data = "".join(texts).encode("utf-8", "surrogatepass")
-            if data.count(b"\n") != count or len(data.translate(None, _CONTROL_BYTES)) != len(data):
+            if (
+                data.count(b"\n") != count
+                or len(data.translate(None, _CONTROL_BYTES)) != len(data)
+                or any(separator in data for separator in _UNICODE_BREAKS)
+            ):
                 return None
         return texts
 
@@ -119,8 +123,12 @@ class LineFormat:
         return (_defang(text) if self.untrusted else text) + "\n"
 
 
+# What could forge a line or drive a terminal: C0 controls but tab and newline,
+# DEL, and the line breaks of readers that split the Unicode way (NEL, LS, PS).
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9, 10)} | {127: "\\x7f"}
 _CONTROL_BYTES = bytes(_CONTROL)
+_CONTROL |= {0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_UNICODE_BREAKS = tuple(chr(c).encode() for c in (0x85, 0x2028, 0x2029))
 _TS = itemgetter("ts")
 _RANKS = itemgetter("rank", "local_rank", "infra_rank", "infra_local_rank")
 _FIELDS = tuple(map(itemgetter, ("level", "node", "file", "line", "msg")))
