@@ -46,5 +46,8 @@ class HoldBack:
         return ready
 
     def put_back(self, items: list[tuple]) -> None:
-        """Hold again records taken but not written (their write failed), ahead of the rest."""
+        """Hold again records just taken but not written (their write failed), ahead of the rest.
+
+        Right after ``take`` they are all older than what is held, so the order stays sorted.
+        """
         self._held[:0] = items

@@ -62,7 +62,7 @@ class Retention:
 
         The aggregator deletes a writer's files in order once consumed, so
         consumed files are always a prefix: they are forgotten first. Only
-        past ``max_files`` is the aggregator asked after (a lock probe).
+        with ``max_files`` or more left is the aggregator asked after (a lock probe).
         """
         files = self.files
         while files and consumed(files[0].path):
