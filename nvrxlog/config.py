@@ -50,6 +50,8 @@ class LogConfig:
     node_id: str = "localhost"
     exit_wait: float = DEFAULT_EXIT_WAIT
     capture: str | None = None
+    curve_server_key: str | None = None
+    curve_client_key: str | None = None
     rank: int | None = None
     local_rank: int | None = None
     infra_rank: int | None = None
@@ -90,6 +92,14 @@ class LogConfig:
             aggregator = "thread"
 
         node = env.get("NVRX_NODE_ID") or env.get("SLURMD_NODENAME") or socket.gethostname()
+        curve_server = env.get("NVRX_LOG_CURVE_SERVER_KEY") or None
+        curve_client = env.get("NVRX_LOG_CURVE_CLIENT_KEY") or None
+        if bool(curve_server) != bool(curve_client):
+            problems.append(
+                "NVRX_LOG_CURVE_SERVER_KEY and NVRX_LOG_CURVE_CLIENT_KEY go together; "
+                "forwarding without CURVE until both are set"
+            )
+            curve_server = curve_client = None
         return cls(
             node_local_tmp_dir=env.get("NVRX_NODE_LOCAL_TMPDIR") or None,
             debug=_flag(env.get("NVRX_LOG_DEBUG")),
@@ -101,6 +111,8 @@ class LogConfig:
             aggregator=aggregator,
             node_id=sanitize_name(node),
             capture=env.get("NVRX_LOG_CAPTURE") or None,
+            curve_server_key=curve_server,
+            curve_client_key=curve_client,
             exit_wait=float(_or_default(integer("NVRX_LOG_EXIT_WAIT", minimum=0), DEFAULT_EXIT_WAIT)),
             rank=integer("RANK", minimum=0),
             local_rank=integer("LOCAL_RANK", minimum=0),

@@ -20,6 +20,7 @@ WORKER = str(HERE / "_worker.py")
 
 _ENV_PREFIXES = ("NVRX_", "SLURM", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
+CONTINUATION = "    "  # what every output puts before a message's second and later lines
 LINE = re.compile(
     r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \[(?P<level>\w+)\] \[(?P<node>[^\]]+)\] "
     r"\[workload:(?P<rank>[^(]+)\((?P<local>[^)]+)\) infra:(?P<infra>[^(]+)\((?P<infra_local>[^)]+)\)\] "
@@ -76,7 +77,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str =
 
 
 def parse_text_records(path: Path) -> list[dict]:
-    """Split a text-format output file into records (continuation lines joined)."""
+    """Split a text-format output file into records (continuation lines joined, their indent removed)."""
     records: list[dict] = []
     for raw in path.read_text(encoding="utf-8").splitlines():
         match = LINE.match(raw)
@@ -84,7 +85,8 @@ def parse_text_records(path: Path) -> list[dict]:
             records.append(match.groupdict())
         else:
             assert records, f"continuation line before any record: {raw!r}"
-            records[-1]["msg"] += "\n" + raw
+            assert raw.startswith(CONTINUATION), f"a continuation line must be indented: {raw!r}"
+            records[-1]["msg"] += "\n" + raw[len(CONTINUATION) :]
     return records
 
 

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
+from nvrxlog.cli.summary import plural
 from nvrxlog.errors import ConfigError
 
 __all__ = ["run_demo"]
 
 
-def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int = 50) -> int:
-    """Run a streamer and ``nodes`` simulated nodes of ``ranks`` ranks; print where the outputs are."""
+def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int = 50, live: bool = False) -> int:
+    """Run a streamer and ``nodes`` simulated nodes of ``ranks`` ranks; print where the outputs are.
+
+    With ``live``, ``nvrxlog tail`` runs beside the job and shows the
+    cluster's records as they arrive.
+    """
     from nvrxlog.node.aggregator import NodeAggregator
     from nvrxlog.streamer.service import Streamer
 
@@ -24,12 +31,17 @@ def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int
     work = os.path.abspath(work_dir or tempfile.mkdtemp(prefix="nvrxlog-demo-"))
     log_dir = os.path.join(work, "logs")
     cluster = os.path.join(work, "cluster.log")
-    print(f"nvrxlog demo: a streamer and {nodes} nodes x {ranks} ranks, {steps} steps, in {work}", flush=True)
+    print(
+        f"nvrxlog demo: a streamer and {plural(nodes, 'node')} x {plural(ranks, 'rank')}, {steps} steps, in {work}",
+        flush=True,
+    )
     started = time.monotonic()
     aggregators = []
+    viewer = None
     with Streamer("tcp://127.0.0.1:0", cluster) as streamer:
-        print(f"  streamer on {streamer.endpoint}; watch it live meanwhile with:", flush=True)
-        print(f"  nvrxlog tail --connect {streamer.endpoint} --dedup", flush=True)
+        if live:
+            print(f"  live view (nvrxlog tail --connect {streamer.endpoint}):", flush=True)
+            viewer = subprocess.Popen([sys.executable, "-m", "nvrxlog", "tail", "--connect", streamer.endpoint])
         procs = []
         try:
             for n in range(nodes):
@@ -48,25 +60,41 @@ def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int
                         SLURM_PROCID=str(n * ranks + local),
                         SLURM_LOCALID=str(local),
                     )
-                    procs.append(subprocess.Popen([sys.executable, "-m", "nvrxlog.cli.demo", str(steps)], env=env))
+                    procs.append(
+                        subprocess.Popen([sys.executable, "-m", "nvrxlog.cli.demo", str(steps), str(live)], env=env)
+                    )
             failed = sum(1 for p in procs if p.wait() != 0)
         finally:
             for aggregator in aggregators:
                 aggregator.stop(drain=True)
-    print(f"\nfinished in {time.monotonic() - started:.1f}s ({failed} rank(s) failed)")
+    if viewer is not None:
+        viewer.send_signal(signal.SIGINT)
+        viewer.wait(10)
+    levels: Counter[str] = Counter()
+    for (_, _, level), count in streamer.tally.items():
+        levels[str(level)] += count
+    outcome = f"{plural(failed, 'rank')} of {len(procs)} failed" if failed else f"all {len(procs)} ranks exited 0"
+    print(f"\nfinished in {time.monotonic() - started:.1f}s: {outcome}")
     print("per-node files:")
     for aggregator in aggregators:
-        print(f"  {aggregator.out_path}  ({aggregator.stats['records']} records)")
-    print(f"cluster-wide file:\n  {cluster}  ({streamer.stats['records']} records)")
-    print(f"\nlast lines of {os.path.basename(cluster)}:")
-    with open(cluster, encoding="utf-8", errors="replace") as f:
-        for line in f.readlines()[-8:]:
-            print("  " + line.rstrip("\n"))
-    print("\nin a real job, run `nvrxlog stream` once and set NVRX_LOG_STREAMER on every rank; see slurm/README.md")
+        print(f"  {aggregator.out_path}  ({plural(aggregator.stats['records'], 'record')})")
+    print(
+        f"cluster-wide file:\n  {cluster}  ({plural(streamer.stats['records'], 'record')}: "
+        f"{levels['ERROR']} ERROR, {levels['WARNING']} WARNING)"
+    )
+    if not live:
+        print(f"\nlast lines of {os.path.basename(cluster)} (run with --live to watch them arrive):")
+        with open(cluster, encoding="utf-8", errors="replace") as f:
+            for line in f.readlines()[-8:]:
+                print("  " + line.rstrip("\n"))
+    print(
+        "\nin a real job, run `nvrxlog stream` once, set NVRX_LOG_STREAMER on every rank and watch with "
+        "`nvrxlog tail --connect ...` while it runs; see slurm/README.md"
+    )
     return 1 if failed else 0
 
 
-def _rank_main(steps: int) -> None:
+def _rank_main(steps: int, live: bool) -> None:
     from nvrxlog import setup_logger
 
     log = setup_logger()
@@ -77,7 +105,7 @@ def _rank_main(steps: int) -> None:
     for step in range(steps):
         loss *= 0.97 + rng.random() * 0.02
         log.info("step %d loss %.4f lr %.2e", step, loss, 3e-4)
-        time.sleep(0.005)
+        time.sleep(0.1 if live else 0.005)  # live: slow enough to watch
         if rank == 1 and step == steps // 2:
             log.warning("gradient norm %.1f above clip threshold", 12.5)
         if rank == 2 and step == steps // 2:
@@ -89,4 +117,4 @@ def _rank_main(steps: int) -> None:
 
 
 if __name__ == "__main__":
-    _rank_main(int(sys.argv[1]))
+    _rank_main(int(sys.argv[1]), sys.argv[2] == "True")

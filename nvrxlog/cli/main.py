@@ -1,7 +1,8 @@
-"""The command line: ``nvrxlog aggregate | stream | tail | demo``.
+"""The command line: ``nvrxlog aggregate | stream | tail | keys | demo``.
 
 Argument parsing, exit codes and one-line errors live here; the work is done
-by the same classes the Python API exposes.
+by the same classes the Python API exposes. Every option a variable names
+takes its default from that variable.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
+from nvrxlog.config import LogConfig
 from nvrxlog.errors import ConfigError, NvrxLogError
 
 __all__ = ["main"]
@@ -23,30 +25,94 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"nvrxlog: {message}\n")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 1")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    from nvrxlog import __version__
+
+    env = LogConfig.from_env()
     parser = _Parser(prog="nvrxlog", description="Per-node log aggregation for training jobs.")
+    parser.add_argument("--version", action="version", version=f"nvrxlog {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     agg = sub.add_parser(
         "aggregate",
         help="run the node aggregator service",
-        description="Merge every rank's temp files in --tmp-dir into the per-node file in --log-dir. "
-        "Runs until SIGTERM/SIGINT or until --wait-file exists, then drains and exits 0.",
+        formatter_class=_Help,
+        description="Merge every rank's temp files in --tmp-dir into the per-node file in --log-dir "
+        "(and forward to a streamer). Runs until SIGTERM/SIGINT or until --wait-file exists, then drains "
+        "and exits 0. Options default to the NVRX_* variables the ranks use.",
     )
-    agg.add_argument("--tmp-dir", required=True, help="node-local temp dir (NVRX_NODE_LOCAL_TMPDIR)")
-    agg.add_argument("--log-dir", required=True, help="where nvrx_log_<node>.log is written")
-    agg.add_argument("--node-id", help="node name (default: NVRX_NODE_ID, SLURMD_NODENAME, hostname)")
-    agg.add_argument("--streamer", help="tcp://HOST:PORT of the central streamer to forward to")
+    agg.add_argument(
+        "--tmp-dir", default=env.node_local_tmp_dir, help="node-local temp dir (NVRX_NODE_LOCAL_TMPDIR)"
+    )
+    agg.add_argument("--log-dir", default=env.log_dir, help="where nvrx_log_<node>.log is written (NVRX_LOG_DIR)")
+    agg.add_argument("--node-id", default=env.node_id, help="node name (NVRX_NODE_ID, SLURMD_NODENAME, hostname)")
+    agg.add_argument("--streamer", default=env.streamer, help="tcp://HOST:PORT to forward to (NVRX_LOG_STREAMER)")
+    agg.add_argument(
+        "--curve-server-key",
+        default=env.curve_server_key,
+        help="streamer's public key file (NVRX_LOG_CURVE_SERVER_KEY)",
+    )
+    agg.add_argument(
+        "--curve-client-key",
+        default=env.curve_client_key,
+        help="this node's secret key file (NVRX_LOG_CURVE_CLIENT_KEY)",
+    )
     agg.add_argument("--wait-file", help="drain and exit once this file exists")
     agg.add_argument("--json", action="store_true", help="write JSON lines instead of text")
-    agg.add_argument("--spool-max-mb", type=float, default=1024, help="on-disk spool limit while forwarding")
-    agg.add_argument("--warn-after", type=float, default=30.0, help="seconds without a streamer before one warning")
+    agg.add_argument("--spool-max-mb", type=_positive, default=1024, help="on-disk spool limit while forwarding (MiB)")
+    agg.add_argument(
+        "--warn-after", type=_not_negative, default=30.0, help="seconds without a streamer before a warning"
+    )
     agg.set_defaults(func=_aggregate)
 
     stream = sub.add_parser(
         "stream",
         help="run the central streamer",
+        formatter_class=_Help,
         description="Receive every node's records, write the cluster-wide file and serve live views. "
         "Runs until SIGTERM/SIGINT, then flushes and exits 0.",
     )
@@ -55,15 +121,15 @@ def _build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--json", action="store_true", help="write JSON lines instead of text")
     stream.add_argument("--forward", help="relay: also pass everything to this upstream streamer")
     stream.add_argument("--name", default="streamer", help="this streamer's name in its own lines")
-    stream.add_argument("--idle-timeout", type=float, default=10.0, help="seconds before a silent node is gone")
+    stream.add_argument("--idle-timeout", type=_positive, default=10.0, help="seconds before a silent node is gone")
     stream.add_argument(
         "--max-hold",
-        type=float,
+        type=_not_negative,
         default=1.0,
         help="seconds a lagging node may hold the others back before its lines are written late",
     )
-    stream.add_argument("--curve-secret-key", help="server key file (zmq.auth): turns CurveZMQ on")
-    stream.add_argument("--curve-clients-dir", help="directory of allowed client public keys")
+    stream.add_argument("--curve-secret-key", help="this streamer's secret key file (nvrxlog keys): turns CURVE on")
+    stream.add_argument("--curve-clients-dir", help="directory of allowed client public keys (*.key)")
     stream.add_argument("--forward-curve-server-key", help="upstream's public key file (with --forward)")
     stream.add_argument("--forward-curve-client-key", help="this relay's secret key file (with --forward)")
     stream.set_defaults(func=_stream)
@@ -71,26 +137,41 @@ def _build_parser() -> argparse.ArgumentParser:
     tail = sub.add_parser(
         "tail",
         help="live view of a running streamer",
-        description="Print the streamer's records as they are written, filtered.",
+        formatter_class=_Help,
+        description="Print the streamer's records as they are written, filtered. Says when it connected and "
+        "when the streamer has gone silent; Ctrl-C ends it.",
     )
     tail.add_argument("--connect", required=True, help="the streamer's tcp://HOST:PORT")
     tail.add_argument("--ranks", help="only these ranks, e.g. 0-7,12 (workload rank, else infra rank)")
     tail.add_argument("--level", help="only this level and above, e.g. WARNING")
     tail.add_argument("--dedup", action="store_true", help="fold lines repeated across ranks into one")
-    tail.add_argument("--dedup-window", type=float, default=1.0, help="seconds of lines folded together")
-    tail.add_argument("--count", type=int, help="exit after printing this many lines")
-    tail.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the streamer to answer")
+    tail.add_argument("--dedup-window", type=_positive, default=1.0, help="seconds of lines folded together")
+    tail.add_argument("--count", type=_at_least_one, help="exit after printing this many records")
+    tail.add_argument("--timeout", type=_positive, default=10.0, help="seconds to wait for the streamer to answer")
     tail.set_defaults(func=_tail)
+
+    keys = sub.add_parser(
+        "keys",
+        help="write a CurveZMQ key pair",
+        formatter_class=_Help,
+        description="Write NAME.key (public: give it to the other side) and NAME.key_secret (keep it) into DIR.",
+    )
+    keys.add_argument("dir", help="directory for the key files (created if missing)")
+    keys.add_argument("--name", default="nvrxlog", help="file name stem of the pair")
+    keys.set_defaults(func=_keys)
 
     demo = sub.add_parser(
         "demo",
         help="run a small simulated job on this machine",
-        description="Simulated nodes with several ranks each, an aggregator per node; prints where the outputs are.",
+        formatter_class=_Help,
+        description="A streamer and simulated nodes with several ranks each, an aggregator per node; "
+        "prints where the outputs are.",
     )
     demo.add_argument("--dir", help="work directory (default: a new temp directory)")
-    demo.add_argument("--nodes", type=int, default=2)
-    demo.add_argument("--ranks", type=int, default=4, help="ranks per node")
-    demo.add_argument("--steps", type=int, default=50)
+    demo.add_argument("--nodes", type=_at_least_one, default=2, help="simulated nodes")
+    demo.add_argument("--ranks", type=_at_least_one, default=4, help="ranks per node")
+    demo.add_argument("--steps", type=_at_least_one, default=50, help="training steps each rank logs")
+    demo.add_argument("--live", action="store_true", help="show the cluster's records live while the job runs")
     demo.set_defaults(func=_demo)
     return parser
 
@@ -124,41 +205,97 @@ def _wait_for_stop(wait_file: str | None, alive: Callable[[], bool] = lambda: Tr
             return
 
 
-def _aggregate(args: argparse.Namespace) -> int:
-    from nvrxlog.node.aggregator import NodeAggregator
+def _say(text: str) -> None:
+    print(f"nvrxlog {text}", flush=True)
 
-    if args.spool_max_mb <= 0 or args.warn_after < 0:
-        raise ConfigError("--spool-max-mb must be positive and --warn-after not negative")
+
+def _directory(path: str, what: str) -> str:
+    """``path`` as an absolute directory that exists or can be made; ConfigError otherwise."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{what} {path} is not a directory")
+    return path
+
+
+def _curve_keys(server: str | None, client: str | None, options: str):  # noqa: ANN202
+    from nvrxlog.wire.curve import CurveKeys
+
+    if not server and not client:
+        return None
+    if not (server and client):
+        raise ConfigError(f"{options} go together")
+    keys = CurveKeys(server_public=server, client_secret=client)
+    keys.load()  # a key problem is one clear line now
+    return keys
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    from nvrxlog.cli.summary import summary_lines
+    from nvrxlog.node.aggregator import NodeAggregator
+    from nvrxlog.wire.endpoint import check_endpoint
+
+    if not args.tmp_dir:
+        raise ConfigError("no tmpdir: give --tmp-dir or set NVRX_NODE_LOCAL_TMPDIR")
+    log_dir = _directory(args.log_dir, "--log-dir")
+    _directory(args.tmp_dir, "--tmp-dir")
+    if args.streamer:
+        check_endpoint(args.streamer, what="--streamer")
+    curve = _curve_keys(args.curve_server_key, args.curve_client_key, "--curve-server-key and --curve-client-key")
     aggregator = NodeAggregator(
         args.tmp_dir,
-        args.log_dir,
+        log_dir,
         args.node_id,
         args.streamer,
         json=args.json,
         spool_max_bytes=int(args.spool_max_mb * (1 << 20)),
         warn_after=args.warn_after,
+        curve=curve,
     )
     aggregator.start()
+    forwarding = f", forwarding to {args.streamer}" + (" (CURVE)" if curve else "") if args.streamer else ""
+    _say(
+        f"aggregate: node {aggregator.node_id}, reading {aggregator.tmp_dir}, "
+        f"writing {aggregator.out_path}{forwarding}"
+    )
     try:
         _wait_for_stop(args.wait_file, lambda: aggregator.running)
     finally:
         aggregator.stop(drain=True)
+    stats = aggregator.stats
+    _say(f"aggregate: stopped; {aggregator.out_path}")
+    for line in summary_lines(aggregator.tally, by_node=False):
+        print(f"  {line}")
+    trouble = []
+    if stats["missing_records"]:
+        trouble.append(f"{stats['missing_records']:,} records missing (sequence gaps; the file says which)")
+    if stats.get("undelivered"):
+        trouble.append(f"{stats['undelivered']:,} records not yet acknowledged by the streamer (spooled)")
+    for line in trouble:
+        print(f"  {line}")
     if aggregator.failure is not None:
         raise NvrxLogError(f"the aggregator stopped after an unexpected error: {aggregator.failure!r}")
     return 0
 
 
 def _stream(args: argparse.Namespace) -> int:
+    from nvrxlog.cli.summary import plural, summary_lines
     from nvrxlog.streamer.service import Streamer
-    from nvrxlog.wire.curve import CurveKeys
+    from nvrxlog.wire.endpoint import check_endpoint, same_endpoint
 
-    forward_curve = None
-    if args.forward_curve_server_key or args.forward_curve_client_key:
-        if not (args.forward_curve_server_key and args.forward_curve_client_key):
-            raise ConfigError("--forward-curve-server-key and --forward-curve-client-key go together")
-        forward_curve = CurveKeys(
-            server_public=args.forward_curve_server_key, client_secret=args.forward_curve_client_key
-        )
+    check_endpoint(args.bind, bind=True, what="--bind")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(os.path.abspath(args.out)):
+        raise ConfigError(f"--out {os.path.abspath(args.out)} is a directory; name a file in it")
+    _directory(out_dir, "the directory of --out")
+    if args.forward:
+        check_endpoint(args.forward, what="--forward")
+        if same_endpoint(args.forward, args.bind):
+            raise ConfigError(f"--forward {args.forward} is this streamer's own --bind: a relay forwards upward")
+    forward_curve = _curve_keys(
+        args.forward_curve_server_key,
+        args.forward_curve_client_key,
+        "--forward-curve-server-key and --forward-curve-client-key",
+    )
     streamer = Streamer(
         args.bind,
         args.out,
@@ -172,11 +309,29 @@ def _stream(args: argparse.Namespace) -> int:
         forward_curve=forward_curve,
     )
     streamer.start()
-    print(f"nvrxlog stream: listening on {streamer.endpoint}, writing {streamer.out_path}", flush=True)
+    curve = " (CURVE)" if args.curve_secret_key else ""
+    relay = f", relaying to {args.forward}" if args.forward else ""
+    print(f"nvrxlog stream: listening on {streamer.endpoint}{curve}, writing {streamer.out_path}{relay}", flush=True)
     try:
         _wait_for_stop(None, lambda: streamer.running)
     finally:
         streamer.stop()
+    stats = streamer.stats
+    nodes = {node for node, _, _ in streamer.tally}
+    _say(
+        f"stream: stopped; {plural(stats['records'], 'record')} from {plural(len(nodes), 'node')} "
+        f"in {streamer.out_path}"
+    )
+    for line in summary_lines(streamer.tally, by_node=True):
+        print(f"  {line}")
+    for key, text in (
+        ("duplicates", "resent records dropped as duplicates"),
+        ("late", "records written late (their node lagged past --max-hold)"),
+        ("bad_frames", "malformed messages or records dropped"),
+        ("refused", "nodes refused (protocol version)"),
+    ):
+        if stats.get(key):
+            print(f"  {stats[key]:,} {text}")
     if streamer.failure is not None:
         raise NvrxLogError(f"the streamer stopped after an unexpected error: {streamer.failure!r}")
     return 0
@@ -188,7 +343,29 @@ def _tail(args: argparse.Namespace) -> int:
     return run_tail(args)
 
 
+def _keys(args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    from nvrxlog.config import sanitize_name
+
+    name = sanitize_name(args.name)
+    directory = _directory(args.dir, "key directory")
+    public = os.path.join(directory, f"{name}.key")
+    secret = os.path.join(directory, f"{name}.key_secret")
+    for path in (public, secret):
+        if os.path.exists(path):
+            raise ConfigError(f"{path} exists; not overwriting a key (choose another --name or directory)")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        zmq.auth.create_certificates(directory, name)
+        os.chmod(secret, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write keys in {directory}: {exc.strerror}") from exc
+    print(f"nvrxlog keys: public {public} (share it), secret {secret} (keep it)")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from nvrxlog.cli.demo import run_demo
 
-    return run_demo(args.dir, nodes=args.nodes, ranks=args.ranks, steps=args.steps)
+    return run_demo(args.dir, nodes=args.nodes, ranks=args.ranks, steps=args.steps, live=args.live)

@@ -27,11 +27,16 @@ class ErrorCounter:
             first = cause not in self.counts
             self.counts[cause] += 1
         if first:
-            line = f"nvrxlog: {self._who}: {detail} (further '{cause}' failures are counted, not printed)\n"
-            try:
-                os.write(2, line.encode("utf-8", "backslashreplace"))
-            except OSError:
-                pass  # stderr itself is gone: counting is all that is left
+            _write_stderr(f"nvrxlog: {self._who}: {detail} (further '{cause}' failures are counted, not printed)\n")
+        return first
+
+    def once(self, text: str) -> bool:
+        """Print ``text`` the first time it is reported, as one line; then only count it. Never raises."""
+        with self._lock:
+            first = text not in self.counts
+            self.counts[text] += 1
+        if first:
+            _write_stderr(f"nvrxlog: {self._who}: {text}\n")
         return first
 
     def reinit_after_fork(self) -> None:
@@ -46,3 +51,10 @@ def describe(exc: BaseException | None) -> str:
         return str(exc)
     except Exception:
         return "<unprintable>"
+
+
+def _write_stderr(line: str) -> None:
+    try:
+        os.write(2, line.encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass  # stderr itself is gone: counting is all that is left

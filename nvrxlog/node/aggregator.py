@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from nvrxlog.config import DEFAULT_LOG_DIR, LogConfig, sanitize_name
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["NodeAggregator", "node_log_path"]
 
 _INF = float("inf")
+_RECORD = itemgetter(3)
+_RANK_LEVEL = itemgetter("rank", "level")
 _DEAD_CHECK_NS = 1_000_000_000
 
 
@@ -86,7 +89,10 @@ class NodeAggregator(Service):
         self.started = threading.Event()
         self.stats: Counter[str] = Counter()
         self.errors = ErrorCounter(f"aggregator {self.node_id}")
-        self._format = LineFormat(json=json)
+        # A rank's message must not forge a line of another rank either.
+        self._format = LineFormat(json=json, untrusted=True)
+        #: Records written, by (rank, level): the summary a service prints at exit.
+        self.tally: Counter[tuple] = Counter()
         self._window_ns = int(merge_window * 1e9)
         self._idle_s = idle_interval
         self._busy_s = busy_interval
@@ -138,6 +144,10 @@ class NodeAggregator(Service):
             self._recover()
             if self.streamer:
                 from nvrxlog.wire.forwarder import Forwarder  # ZeroMQ only where forwarding is used
+
+                curve = self._forward_options["curve"]
+                if curve is not None:
+                    curve.load()  # a key problem is a clear error now, not a dead thread later
 
                 spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
                 self._forwarder = Forwarder(
@@ -277,7 +287,9 @@ class NodeAggregator(Service):
             key = str(writer)
             tail = self._tails.get(key)
             if tail is None:
-                tail = WriterTail(writer, self._next_tid, self.tmp_dir, self._notice, self._written.get(key, -1))
+                tail = WriterTail(
+                    writer, self._next_tid, self.tmp_dir, self._notice, self._written.get(key, -1), self.stats
+                )
                 self._next_tid += 1
                 self._tails[key] = tail
                 self._by_tid[tail.tid] = tail
@@ -309,6 +321,11 @@ class NodeAggregator(Service):
                 tail.emitted_seq = seq
         self.stats["records"] += len(ready)
         self.stats["bytes"] += len(data)
+        try:
+            counted = list(map(_RANK_LEVEL, map(_RECORD, ready)))
+        except (KeyError, TypeError):  # a foreign record without the usual fields
+            counted = [(r.get("rank"), r.get("level")) for _, _, _, r in ready]
+        self.tally.update(counted)
         if self._forwarder is not None:
             # Spooled before the checkpoint that covers these records, so a
             # kill -9 in between re-sends (deduplicated) rather than loses.

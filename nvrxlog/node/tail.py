@@ -13,6 +13,7 @@ what was already written (``core/cursor.py`` decides).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,12 +60,21 @@ def writer_is_dead(writer: WriterId) -> bool:
 class WriterTail:
     """Reads one writer's files in index order; see the module docstring."""
 
-    def __init__(self, writer: WriterId, tid: int, tmp_dir: str, notice: Notice, last_seq: int = -1) -> None:
+    def __init__(
+        self,
+        writer: WriterId,
+        tid: int,
+        tmp_dir: str,
+        notice: Notice,
+        last_seq: int = -1,
+        stats: Counter[str] | None = None,
+    ) -> None:
         self.writer = writer
         self.key = str(writer)  # stable across restarts: what the streamer de-duplicates by
         self.tid = tid  # small unique int: merge tuples compare it, never the records
         self.tmp_dir = tmp_dir
         self._notice = notice
+        self._stats: Counter[str] = Counter() if stats is None else stats  # "missing_records" counted here
         self.files: dict[int, str] = {}  # index -> name, not yet opened
         self.cursor = WriterCursor(last_seq)  # what was handed over (or written before a restart)
         self.emitted_seq = last_seq  # highest seq written to the output
@@ -231,6 +241,7 @@ class WriterTail:
             if key is None:
                 continue  # already written before a restart
             if missing:
+                self._stats["missing_records"] += missing
                 # Stamped like the record after the gap, so it reads in place.
                 self._notice(f"records seq {seq - missing}-{seq - 1} ({missing}) of {self.writer} are missing", key)
             append((key, tid, seq, record))

@@ -18,6 +18,8 @@ from nvrxlog.node.aggregator import NodeAggregator
 from nvrxlog.rank.capture import Capture, parse_capture
 from nvrxlog.rank.handler import NodeLocalHandler
 from nvrxlog.rank.safe import AppendFileHandler, SafeStreamHandler
+from nvrxlog.wire.curve import CurveKeys
+from nvrxlog.wire.endpoint import check_endpoint
 
 __all__ = ["setup_logger", "reset_state", "LOGGER_NAME"]
 
@@ -112,7 +114,8 @@ def setup_logger(
             except (NvrxLogError, OSError) as exc:
                 _report_once(f"node-local logging is off, writing to stderr instead: {exc}")
                 tmp_dir = None
-        if handler is None and log_file is None:
+        if handler is None:
+            # Regular mode writes to the terminal; log_file (below) is in addition.
             handler = SafeStreamHandler(sys.stdout if config.to_stdout else stderr)
             handler.setFormatter(RankFormatter(config))
         if handler is not None:
@@ -123,10 +126,7 @@ def setup_logger(
                 shared.setFormatter(RankFormatter(config, rank_prefix=True))
                 _add(logger, shared)
             except OSError as exc:
-                _report_once(f"cannot open log_file {log_file}: {exc.strerror}; writing to stderr")
-                fallback = SafeStreamHandler(stderr)
-                fallback.setFormatter(RankFormatter(config))
-                _add(logger, fallback)
+                _report_once(f"cannot open log_file {log_file}: {exc.strerror}; not writing it")
         _state.configured = True
         if grabber is not None:
             grabber.install(list(_state.handlers))
@@ -136,6 +136,9 @@ def setup_logger(
         for problem in config.problems:
             if problem not in _state.reported:
                 _state.reported.add(problem)
+                # On stderr, where the user looks, and in the node's file, where the record stays.
+                if tmp_dir:
+                    _report_once(f"configuration: {problem}")
                 logger.warning("nvrxlog configuration: %s", problem)
     return logger
 
@@ -146,7 +149,18 @@ def _add(logger: logging.Logger, handler: logging.Handler) -> None:
 
 
 def _start_aggregator(tmp_dir: str, config: LogConfig) -> None:
-    aggregator = NodeAggregator(tmp_dir, config.log_dir, config.node_id, config.streamer)
+    streamer = config.streamer
+    if streamer is not None:
+        try:
+            check_endpoint(streamer, resolve=False, what="NVRX_LOG_STREAMER")
+        except ConfigError as exc:
+            # Forwarding is optional; the per-node file is not.
+            _report_once(f"{exc}; not forwarding, the per-node file is written as usual")
+            streamer = None
+    curve = None
+    if config.curve_server_key and config.curve_client_key:
+        curve = CurveKeys(server_public=config.curve_server_key, client_secret=config.curve_client_key)
+    aggregator = NodeAggregator(tmp_dir, config.log_dir, config.node_id, streamer, curve=curve)
     try:
         aggregator.start()
     except AggregatorBusyError:
@@ -189,7 +203,7 @@ def running_aggregator() -> NodeAggregator | None:
 
 
 def _report_once(text: str) -> None:
-    _errors.report(text, text)
+    _errors.once(text)
 
 
 @atexit.register

@@ -11,6 +11,7 @@ batch leaves no trace that its resend would be taken as a duplicate of.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from itertools import islice, repeat
 from operator import le, setitem
@@ -72,6 +73,8 @@ class Ingest:
         # the caller needs them (a relay, a live view) or the format does.
         self._keep_records = keep_records
         self._names: dict[str, str] = {}
+        #: New records by (node, rank, level): what the streamer's summary reports.
+        self.tally: Counter[tuple] = Counter()
 
     def batch(self, node: str, payload: bytes) -> Batch:
         """Ingest one batch payload from ``node``; raises ValueError/KeyError/TypeError if malformed."""
@@ -113,16 +116,18 @@ class Ingest:
         for column in (ts, seqs, p, lv, fi):
             if type(sum(column)) is not int:
                 raise TypeError("a batch's times, seqs and indexes must be ints")
+        "".join(levels)  # checked in C: levels are strings (they are counted and shown)
         for index, table in ((p, entries), (lv, levels), (fi, files)):
             if type(table) is not list or min(index) < 0 or max(index) >= len(table):
                 raise ValueError("a batch's table index is out of range")
-        keys_of, nodes_of, labels_of = [], [], []
+        keys_of, nodes_of, labels_of, ranks_of = [], [], [], []
         for entry in entries:
             profile = read_profile(entry)
             name = node if profile.node is None else self.name(profile.node)  # a relay's records name their node
             keys_of.append(record_key(name, profile.writer))
             nodes_of.append(name)
             labels_of.append(self.lines.label(profile.ranks))
+            ranks_of.append(profile.ranks[0])
         lines = None
         if not self.lines.json:
             lines = self.lines.column_lines(
@@ -138,6 +143,9 @@ class Ingest:
         keys = list(map(keys_of.__getitem__, p))
         if not self._all_new(keys, seqs, ts):
             return self.records(node, unpack(body))
+        tally = self.tally
+        for (pi, li), count in Counter(zip(p, lv, strict=True)).items():  # counted in C, a few entries
+            tally[nodes_of[pi], ranks_of[pi], levels[li]] += count
         records: list = [None] * n
         if lines is None or self._keep_records():
             records = unpack(body)
@@ -206,6 +214,10 @@ class Ingest:
                     newest = merge_key
                 if raw is None:
                     record["node"] = node
+                try:
+                    self.tally[record["node"], record.get("rank"), record.get("level")] += 1
+                except TypeError:  # an unhashable rank or level: shown leniently, counted as unknown
+                    self.tally[record["node"], None, None] += 1
                 items.append((merge_key, key, rseq, record))
                 continue
             duplicates += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 
 import orjson
 import zmq
@@ -51,6 +52,8 @@ from nvrxlog.wire.wakeup import Wakeup
 __all__ = ["Streamer"]
 
 _INF = float("inf")
+#: Seconds between heartbeats on the live socket (``nvrxlog tail`` says when they stop).
+LIVE_HEARTBEAT = 1.0
 
 
 class Streamer(Service):
@@ -121,13 +124,18 @@ class Streamer(Service):
         self._ingest = Ingest(
             self._format,
             notice=self._notice,
-            keep_records=lambda: self._forwarder is not None or bool(self._watchers),
+            keep_records=self._keeps_records,
             stats=self.stats,
         )
         # Records held for merging, as sorted chunks (one per batch): a flush
         # takes what is ready from each chunk and sorts only that, instead of
         # re-sorting everything held while a slow node catches up.
         self._pending = MergeBuffer()
+
+    @property
+    def tally(self) -> Counter[tuple]:
+        """Records received, by (node, rank, level)."""
+        return self._ingest.tally
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -181,7 +189,7 @@ class Streamer(Service):
             self._format,
             written=written,
             notice=self._notice,
-            keep_records=lambda: self._forwarder is not None or bool(self._watchers),
+            keep_records=self._keeps_records,
             stats=self.stats,
         )
         if self._cluster.file.problem:
@@ -229,7 +237,7 @@ class Streamer(Service):
         poller.register(router, zmq.POLLIN)
         poller.register(pub, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
-        last_flush = time.monotonic()
+        last_flush = last_beat = time.monotonic()
         while not self._stopping:
             wait = max(0.0, self._ckpt_s - (time.monotonic() - last_flush))
             busy = self._pending or self._sessions.has_unacked()
@@ -256,7 +264,20 @@ class Streamer(Service):
                 last_flush = now
                 self._flush(router, pub, final=False)
                 self._notices(self._sessions.check_idle(now))
+            if self._watchers and now - last_beat >= LIVE_HEARTBEAT:
+                # Tells a live view the streamer is there when no record is.
+                last_beat = now
+                try:
+                    pub.send_multipart([b"hb", b""], zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
         self._flush(router, pub, final=True)
+
+    def _watching_records(self) -> bool:
+        return any(b"rec".startswith(topic) for topic in self._watchers)
+
+    def _keeps_records(self) -> bool:
+        return self._forwarder is not None or self._watching_records()
 
     def _subscriptions(self, pub: zmq.Socket) -> None:
         # XPUB passes a topic's first subscription (b"\x01...") and, when its
@@ -364,10 +385,11 @@ class Streamer(Service):
         self._cluster.write(ready)
         self.stats["records"] = self._cluster.records
         self.stats["late"] = self._cluster.late
-        if not self._watchers and self._forwarder is None:
+        watching = self._watching_records()
+        if not watching and self._forwarder is None:
             return
         records = ready.merged("records")
-        if self._watchers:
+        if watching:
             # Records that arrived before anyone watched were not kept as dicts.
             shown = [r for r in records if r is not None]
             try:
