@@ -235,3 +235,16 @@ def test_log_file_appends_and_the_terminal_still_gets_the_lines(tmp_path: Path) 
     assert result.returncode == 0
     assert "both places" in result.stderr
     assert shared.read_text().startswith("3: ") and "both places" in shared.read_text()
+
+
+@pytest.mark.timeout(60)
+def test_aggregate_once_writes_what_was_left_and_exits(tmp_path: Path) -> None:
+    """Records left in a tmpdir (no aggregator ran) are written by `nvrxlog aggregate --once`, which then exits 0."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    env = child_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_DIR=logs, NVRX_NODE_ID="left", NVRX_LOG_AGGREGATOR="external")
+    assert run_worker("--count", 30, env=dict(env, RANK="0", LOCAL_RANK="0")).returncode == 0
+    result = _nvrxlog("aggregate", "--once", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "30 records" in result.stdout
+    lines = (logs / "nvrx_log_left.log").read_text().splitlines()
+    assert sum("r0 i" in line for line in lines) == 30

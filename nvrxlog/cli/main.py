@@ -102,6 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="this node's secret key file (NVRX_LOG_CURVE_CLIENT_KEY)",
     )
     agg.add_argument("--wait-file", help="drain and exit once this file exists")
+    agg.add_argument("--once", action="store_true", help="write what is in the tmpdir now, then exit")
     agg.add_argument("--json", action="store_true", help="write JSON lines instead of text")
     agg.add_argument("--spool-max-mb", type=_positive, default=1024, help="on-disk spool limit while forwarding (MiB)")
     agg.add_argument(
@@ -258,7 +259,8 @@ def _aggregate(args: argparse.Namespace) -> int:
         f"writing {aggregator.out_path}{forwarding}"
     )
     try:
-        _wait_for_stop(args.wait_file, lambda: aggregator.running)
+        if not args.once:
+            _wait_for_stop(args.wait_file, lambda: aggregator.running)
     finally:
         aggregator.stop(drain=True)
     stats = aggregator.stats
