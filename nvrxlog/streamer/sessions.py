@@ -72,6 +72,7 @@ class Sessions:
             return []
         self.watermarks.pop(session.node, None)
         self.last_seen.pop(session.node, None)
+        self.gone.discard(session.node)  # finished is not gone: a later hello is a new start, not a return
         return [(f"node {session.node} finished", "INFO")]
 
     def seen(self, node: str, now: float) -> list[tuple[str, str]]:

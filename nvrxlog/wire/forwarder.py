@@ -166,7 +166,7 @@ class Forwarder:
             if link.welcome(int(orjson.loads(frames[1])["credit"])):
                 self.spool.rewind()  # resend everything unacknowledged, in order
         elif kind == RESET:
-            link.reset()
+            link.reset(now)
             self.stats["resets"] += 1
         elif kind == REFUSED:
             reason = str(orjson.loads(frames[1]).get("reason", "no reason given"))[:300]

@@ -74,11 +74,12 @@ class Link:
         self._forget_in_flight()
         return True
 
-    def reset(self) -> None:
+    def reset(self, now: float) -> None:
         """The streamer does not know us (it restarted): hello again at once, then resend."""
         if self.state is LinkState.REFUSED:
             return
         self.state = LinkState.HELLO
+        self.hello_since = now  # it answered just now: a new round of hellos begins
         self._last_hello = float("-inf")
         self._forget_in_flight()
 
@@ -94,6 +95,8 @@ class Link:
 
     def reconnected(self, now: float) -> None:
         """A fresh connection: say hello again and resend what is unacknowledged."""
+        if self.state is LinkState.REFUSED:
+            return  # final
         self.state = LinkState.HELLO
         self.hello_since = now
         self._last_hello = float("-inf")
