@@ -1,7 +1,9 @@
 """The fd-capture helper process: reads a rank's stdout/stderr pipes, writes records.
 
 It is a separate process so that a rank that crashes still has its last words
-recorded: the pipes reach EOF when the rank dies, and the helper drains them.
+recorded: the pipes reach EOF when the rank dies (and every process that
+inherited them), and the helper drains them. A Python traceback in the
+output is one ERROR record, not one record per line (``tracebacks.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ import os
 import selectors
 import sys
 
+from nvrxlog.rank.tracebacks import Block, LineGrouper
+
+# A traceback's lines arrive together; one whose next line has not come within
+# this long is complete (or its writer died) and is recorded as it is.
+_TRACEBACK_QUIET_S = 0.2
+
 
 def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
     """The fd-capture helper: pipes in, records out, until both pipes reach EOF."""
@@ -19,19 +27,33 @@ def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
     logger = setup_logger(node_local_tmp_prefix="fd")
     names = {out_fd: ("<stdout>", logging.INFO, 1), err_fd: ("<stderr>", logging.WARNING, 2)}
     partial = {out_fd: b"", err_fd: b""}
+    groupers = {out_fd: LineGrouper(), err_fd: LineGrouper()}
     selector = selectors.DefaultSelector()
     for fd in names:
         os.set_blocking(fd, True)
         selector.register(fd, selectors.EVENT_READ)
     open_fds = set(names)
 
-    def emit(fd: int, raw: bytes) -> None:
+    def emit(fd: int, blocks: list[Block]) -> None:
         name, level, _ = names[fd]
-        text = raw.decode("utf-8", "backslashreplace")
-        logger.handle(logger.makeRecord(logger.name, level, name, 0, text, None, None))
+        for block in blocks:
+            if block.is_traceback:
+                where, line, block_level = block.file or name, block.line, logging.ERROR
+            else:
+                where, line, block_level = name, 0, level
+            logger.handle(logger.makeRecord(logger.name, block_level, where, line, block.text, None, None))
+
+    def take(fd: int, raw: bytes) -> None:
+        emit(fd, groupers[fd].feed(raw.decode("utf-8", "backslashreplace")))
 
     while open_fds:
-        for key, _ in selector.select():
+        holding = any(groupers[fd].holding for fd in open_fds)
+        events = selector.select(_TRACEBACK_QUIET_S if holding else None)
+        if not events:
+            for fd in open_fds:
+                emit(fd, groupers[fd].flush())
+            continue
+        for key, _ in events:
             fd = key.fd
             chunk = os.read(fd, 65536)
             if echo and chunk:
@@ -40,12 +62,13 @@ def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
                 selector.unregister(fd)
                 open_fds.discard(fd)
                 if partial[fd]:
-                    emit(fd, partial[fd])  # a last line without its newline (a crash's last words)
+                    take(fd, partial[fd])  # a last line without its newline (a crash's last words)
+                emit(fd, groupers[fd].flush())
                 continue
             lines = (partial[fd] + chunk).split(b"\n")
             partial[fd] = lines.pop()
             for line in lines:
-                emit(fd, line)
+                take(fd, line)
 
 
 if __name__ == "__main__":
