@@ -103,6 +103,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     agg.add_argument("--wait-file", help="drain and exit once this file exists")
     agg.add_argument("--once", action="store_true", help="write what is in the tmpdir now, then exit")
+    agg.add_argument(
+        "--until-idle", action="store_true", help="exit once every writer on the node is gone and all is written"
+    )
+    agg.add_argument(
+        "--take-over", action="store_true", help="wait (up to 30 s) for another aggregator of the tmpdir to let go"
+    )
     agg.add_argument("--json", action="store_true", help="write JSON lines instead of text")
     agg.add_argument("--spool-max-mb", type=_positive, default=1024, help="on-disk spool limit while forwarding (MiB)")
     agg.add_argument(
@@ -232,7 +238,9 @@ def _curve_keys(server: str | None, client: str | None, options: str):  # noqa: 
 
 def _aggregate(args: argparse.Namespace) -> int:
     from nvrxlog.cli.summary import summary_lines
+    from nvrxlog.errors import AggregatorBusyError
     from nvrxlog.node.aggregator import NodeAggregator
+    from nvrxlog.node.handover import TAKE_OVER_WAIT_S
     from nvrxlog.wire.endpoint import check_endpoint
 
     if not args.tmp_dir:
@@ -251,8 +259,15 @@ def _aggregate(args: argparse.Namespace) -> int:
         spool_max_bytes=int(args.spool_max_mb * (1 << 20)),
         warn_after=args.warn_after,
         curve=curve,
+        exit_when_idle=args.until_idle,
+        lock_wait=TAKE_OVER_WAIT_S if args.take_over else 1.0,
     )
-    aggregator.start()
+    try:
+        aggregator.start()
+    except AggregatorBusyError:
+        if args.take_over:
+            return 0  # another successor got there first: one aggregator per tmpdir
+        raise
     forwarding = f", forwarding to {args.streamer}" + (" (CURVE)" if curve else "") if args.streamer else ""
     _say(
         f"aggregate: node {aggregator.node_id}, reading {aggregator.tmp_dir}, "

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["NodeAggregator", "node_log_path"]
 
 _INF = float("inf")
+# exit_when_idle: stop once no writer has lived and nothing was left for this long.
+_IDLE_EXIT_S = 1.0
+_SPOOL_PATIENCE_S = 60.0
 _RECORD = itemgetter(3)
 _RANK_LEVEL = itemgetter("rank", "level")
 _DEAD_CHECK_NS = 1_000_000_000
@@ -55,6 +58,9 @@ class NodeAggregator(Service):
     ``start()`` takes the tmpdir's lock (one aggregator per tmpdir) and runs a
     daemon thread; ``stop(drain=True)`` returns once every record written
     before the call is in the per-node file. Usable as a context manager.
+    With ``exit_when_idle`` (a successor) it stops by itself once every
+    writer on the node is gone and everything is written and delivered;
+    ``lock_wait`` is how long ``start()`` waits for the tmpdir's lock.
     """
 
     def __init__(
@@ -73,6 +79,8 @@ class NodeAggregator(Service):
         warn_after: float = 30.0,
         drain_timeout: float = 10.0,
         curve: CurveKeys | None = None,
+        exit_when_idle: bool = False,
+        lock_wait: float = 1.0,
     ) -> None:
         if merge_window < 0 or idle_interval <= 0 or busy_interval < 0 or checkpoint_interval < 0:
             raise ConfigError("intervals and the merge window must not be negative")
@@ -90,6 +98,7 @@ class NodeAggregator(Service):
         self.stats: Counter[str] = Counter()
         self.errors = ErrorCounter(f"aggregator {self.node_id}")
         # A rank's message must not forge a line of another rank either.
+        self.json = json
         self._format = LineFormat(json=json, untrusted=True)
         #: Records written, by (rank, level): the summary a service prints at exit.
         self.tally: Counter[tuple] = Counter()
@@ -104,11 +113,16 @@ class NodeAggregator(Service):
         self._closed_writers: set[str] = set()
         self._wake = threading.Event()
         self._stopping = False
-        self._linger_until = 0.0
         self._drain = True
         self._thread: threading.Thread | None = None
         self._owner_pid = os.getpid()
         self._lock = AggregatorLock()
+        self._lock.wait_s = lock_wait
+        self._exit_when_idle = exit_when_idle
+        self._quiet_since: float | None = None
+        self._started_at = time.monotonic()
+        #: The detached process that took over at stop(hand_over=True), if one did.
+        self.successor: object | None = None
         self._output = CheckpointedOutput(self.out_path, self.checkpoint_path)
         self._written: dict[str, int] = {}  # what the checkpoint found written, per writer
         self._scanner = TmpDirScanner(self.tmp_dir)
@@ -166,34 +180,88 @@ class NodeAggregator(Service):
         """Tell the aggregator that ``writer`` (a handler in this process) wrote its last record."""
         self._closed_writers.add(str(writer))
 
-    def stop(self, drain: bool = True, timeout: float | None = None, linger: float = 0.0) -> bool:
+    def stop(self, drain: bool = True, timeout: float | None = None, hand_over: bool = False) -> bool:
         """Stop the thread; with ``drain``, first write everything logged so far.
 
-        With ``linger``, keep aggregating for up to that many seconds until
-        every writer on the node has exited (a rank 0 that finishes first must
-        not strand the other ranks' last records). Returns True when the
-        thread has finished. Safe to call twice, and a no-op in a forked
-        child (the thread belongs to the parent).
+        With ``hand_over`` (a rank that hosts the aggregator is exiting), the
+        node's aggregation goes on without this process: if any other writer
+        on the node is alive, or the streamer has not acknowledged
+        everything, a detached successor (``nvrxlog aggregate --until-idle``)
+        takes the tmpdir's lock as soon as this one lets go of it, and this
+        call does not wait for the network. Returns True when the thread has
+        finished. Safe to call twice, and a no-op in a forked child (the
+        thread belongs to the parent).
         """
         if self._thread is None or os.getpid() != self._owner_pid:
             return True
-        self._linger_until = time.monotonic() + linger if linger > 0 else 0.0
         self._drain = drain
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
+        finished = not self._thread.is_alive()
+        successor = None
+        if hand_over and finished and self._failure is None:
+            live = self.live_writers()
+            forwarder = self._forwarder
+            if live or (forwarder is not None and forwarder.spool.pending_batches):
+                successor = self._spawn_successor()
+                if successor is None:
+                    self._left_behind(live)
         forwarder, self._forwarder = self._forwarder, None
         if forwarder is not None:
-            # Everything written is spooled; wait a bounded time for the streamer.
-            undelivered = forwarder.stop(self._drain_timeout if drain else 0.0)
+            # Everything written is spooled. A successor resends what is not
+            # acknowledged yet; without one, wait a bounded time for the streamer.
+            undelivered = forwarder.stop(0.2 if successor is not None else self._drain_timeout if drain else 0.0)
             self.stats["undelivered"] = undelivered
-            if undelivered:
+            if undelivered and successor is None:
                 self.errors.report(
                     "undelivered",
                     f"{undelivered} records were not acknowledged by the streamer {self.streamer}; "
                     f"they stay spooled in {forwarder.spool.directory} for the next run",
                 )
-        return not self._thread.is_alive()
+        if finished:
+            # Only now: a successor must not open the spool while our forwarder still uses it.
+            self._output.close()
+            self._lock.release()
+        self.successor = successor
+        return finished
+
+    def successor_command(self) -> list[str]:
+        """The command line of a process that can take this node's aggregation over."""
+        from nvrxlog.node.handover import successor_command
+
+        curve = self._forward_options["curve"]
+        return successor_command(self.tmp_dir, self.log_dir, self.node_id, self.streamer, curve, json=self.json)
+
+    def _spawn_successor(self) -> object | None:
+        from nvrxlog.node.handover import spawn_successor
+
+        try:
+            return spawn_successor(self.successor_command())
+        except OSError as exc:
+            self.errors.once(f"cannot start a successor aggregator ({exc.strerror})")
+            return None
+
+    def live_writers(self) -> list[WriterId]:
+        """Writers on the node that were alive at the last look (after a drain: still writing)."""
+        return [tail.writer for tail in self._tails.values() if not tail.dead]
+
+    def _left_behind(self, live: list[WriterId]) -> None:
+        """Say (in the file and once on stderr) that records of live writers stay in the tmpdir."""
+        if not live:
+            return
+        names = ", ".join(str(w) for w in live[:8]) + (" ..." if len(live) > 8 else "")
+        text = (
+            f"{len(live)} writer(s) still alive may log more into {self.tmp_dir} ({names}); no aggregator "
+            f"will take it: run `nvrxlog aggregate --tmp-dir {self.tmp_dir} --log-dir {self.log_dir} "
+            f"--node-id {self.node_id} --once` on this node to write it"
+        )
+        self.errors.once(text)
+        try:
+            record = notice_record(self._notice_seq + 1, time.time_ns(), f"nvrxlog aggregator: {text}")
+            self._output.write((self._format.line(record, self.node_id)).encode("utf-8", "backslashreplace"))
+        except OSError:
+            pass  # stderr has it
 
     def _recover(self) -> None:
         try:
@@ -209,7 +277,7 @@ class NodeAggregator(Service):
     def _run(self) -> None:
         delay = self._busy_s
         try:
-            while not self._stopping or self._lingering():
+            while not self._stopping:
                 try:
                     got = self._cycle(final=False)
                 except Exception as exc:  # never let the thread die silently
@@ -223,6 +291,8 @@ class NodeAggregator(Service):
                     wait = min(wait, max(due, 0.0005))
                 self._wake.wait(wait)
                 self._wake.clear()
+                if self._exit_when_idle and self._idle_for(got) >= _IDLE_EXIT_S:
+                    self._stopping = True  # every writer is gone and everything is written
             if self._drain:
                 # A drain takes everything, in bounded steps.
                 self._cycle(final=True)
@@ -234,14 +304,28 @@ class NodeAggregator(Service):
         finally:
             for tail in self._tails.values():
                 tail.close()
-            self._output.close()
-            self._lock.release()
+            if self._failure is not None:
+                self._output.close()
+                self._lock.release()
 
-    def _lingering(self) -> bool:
-        """Stopping, but some writer on the node still lives and there is time to wait for it."""
-        if time.monotonic() >= self._linger_until:
-            return False
-        return any(not tail.dead for tail in self._tails.values())
+    def _idle_for(self, got: bool) -> float:
+        """Seconds since the node last had a live writer or anything left to write or deliver."""
+        now = time.monotonic()
+        busy = (
+            got
+            or self._held
+            or self._notices
+            or any(not tail.dead or tail.more for tail in self._tails.values())
+            or (self._forwarder is not None and self._forwarder.spool.pending_batches and not self._gave_up())
+        )
+        if busy or self._quiet_since is None:
+            self._quiet_since = now if not busy else None
+            return 0.0
+        return now - self._quiet_since
+
+    def _gave_up(self) -> bool:
+        # A successor does not wait for a streamer forever: past this, records stay spooled (and it says so).
+        return time.monotonic() - self._started_at > _SPOOL_PATIENCE_S
 
     def _cycle(self, *, final: bool) -> bool:
         now = time.time_ns()

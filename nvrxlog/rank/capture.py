@@ -24,12 +24,16 @@ from collections.abc import Iterable
 
 from nvrxlog.core import forks
 from nvrxlog.errors import ConfigError
+from nvrxlog.rank.tracebacks import Block, LineGrouper
 
 __all__ = ["Capture", "parse_capture"]
 
 MODES = frozenset({"logging", "warnings", "stdio", "fd", "echo"})
 _ALL = frozenset({"logging", "warnings", "fd"})
-_HELPER_WAIT_S = 10.0
+# At exit, how long a rank lets its helper finish before going: the helper writes
+# what is left as records on its own (an aggregator, or a successor, takes them),
+# and processes that inherited the pipes (data-loader workers) may keep it alive.
+_HELPER_WAIT_S = 0.3
 
 
 def parse_capture(value: str | bool | Iterable[str] | None) -> frozenset[str]:
@@ -70,6 +74,7 @@ class _LineWriter(io.TextIOBase):
         self._name = name
         self._echo = echo
         self._partial = ""
+        self._grouper = LineGrouper()
         self._lock = threading.Lock()
         forks.register(self)
 
@@ -86,9 +91,14 @@ class _LineWriter(io.TextIOBase):
         with self._lock:
             lines = (self._partial + text).split("\n")
             self._partial = lines.pop()
-        for line in lines:
-            self._emit(line)
+            blocks = [block for line in lines for block in self._grouper.feed(line)]
+            if self._grouper.ended:
+                # In-process there is no timer: a traceback is recorded once its exception line is in.
+                blocks += self._grouper.flush()
+        for block in blocks:
+            self._emit(block)
         return len(text)
+
 
     def flush(self) -> None:
         if self._echo is not None:
@@ -98,11 +108,17 @@ class _LineWriter(io.TextIOBase):
         """Emit a last line that never got its newline (no lost tail at exit)."""
         with self._lock:
             rest, self._partial = self._partial, ""
-        if rest:
-            self._emit(rest)
+            blocks = self._grouper.feed(rest) if rest else []
+            blocks += self._grouper.flush()
+        for block in blocks:
+            self._emit(block)
 
-    def _emit(self, line: str) -> None:
-        record = self._logger.makeRecord(self._logger.name, self._level, self._name, 0, line, None, None)
+    def _emit(self, block: Block) -> None:
+        if block.is_traceback:
+            level, name, line = logging.ERROR, block.file or self._name, block.line
+        else:
+            level, name, line = self._level, self._name, 0
+        record = self._logger.makeRecord(self._logger.name, level, name, line, block.text, None, None)
         self._logger.handle(record)
 
 
@@ -162,6 +178,14 @@ class Capture:
         # Our own stream handler must write where stderr really goes, not into the pipe.
         self.original_stderr = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
 
+    def terminal(self) -> io.TextIOBase | None:
+        """Where stderr really goes while capture redirects it (None when it does not)."""
+        if self._saved_fds is not None:
+            return self.original_stderr
+        if self._writers:
+            return self._saved_streams[1]
+        return None
+
     def install(self, handlers: list[logging.Handler]) -> None:
         """The in-process modes, once nvrxlog's handlers exist."""
         root = logging.getLogger()
@@ -217,6 +241,6 @@ class Capture:
                 try:
                     self._helper.wait(_HELPER_WAIT_S)
                 except subprocess.TimeoutExpired:
-                    pass  # a child still holds the pipe; the helper finishes when it does
+                    pass  # a child still holds the pipe; the helper finishes when it does, on its own
             if self.original_stderr is not sys.__stderr__:
                 self.original_stderr.close()

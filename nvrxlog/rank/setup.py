@@ -16,8 +16,10 @@ from nvrxlog.core.tmpdir import prepare_tmp_dir
 from nvrxlog.errors import AggregatorBusyError, ConfigError, NvrxLogError
 from nvrxlog.node.aggregator import NodeAggregator
 from nvrxlog.rank.capture import Capture, parse_capture
+from nvrxlog.rank.excepthook import ExceptHooks
 from nvrxlog.rank.handler import NodeLocalHandler
 from nvrxlog.rank.safe import AppendFileHandler, SafeStreamHandler
+from nvrxlog.rank.watchdog import AggregatorWatch
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.endpoint import check_endpoint
 
@@ -34,6 +36,8 @@ class _State:
         self.handlers: list[logging.Handler] = []
         self.aggregator: NodeAggregator | None = None
         self.capture: Capture | None = None
+        self.hooks: ExceptHooks | None = None
+        self.watch: AggregatorWatch | None = None
         self.config: LogConfig | None = None
         self.reported: set[str] = set()
 
@@ -44,6 +48,8 @@ class _State:
         # Its capture is the parent's too (the child's output still flows into it).
         self.aggregator = None
         self.capture = None
+        self.hooks = None  # the hooks stay installed in the child: its crash is a record too
+        self.watch = None  # the parent watches
         _errors.reinit_after_fork()
 
 
@@ -130,9 +136,13 @@ def setup_logger(
         _state.configured = True
         if grabber is not None:
             grabber.install(list(_state.handlers))
+        if tmp_dir:
+            # A crash is one ERROR record in the node file (not only a traceback on a terminal).
+            _state.hooks = ExceptHooks(logger, lambda: _state.capture.terminal() if _state.capture else None)
+            _state.hooks.install()
 
-        if tmp_dir and config.aggregator == "thread" and config.node_local_rank in (0, None):
-            _start_aggregator(tmp_dir, config)
+        if tmp_dir and config.aggregator == "thread":
+            _start_aggregator(tmp_dir, config, host=config.node_local_rank in (0, None))
         for problem in config.problems:
             if problem not in _state.reported:
                 _state.reported.add(problem)
@@ -148,7 +158,7 @@ def _add(logger: logging.Logger, handler: logging.Handler) -> None:
     _state.handlers.append(handler)
 
 
-def _start_aggregator(tmp_dir: str, config: LogConfig) -> None:
+def _start_aggregator(tmp_dir: str, config: LogConfig, *, host: bool) -> None:
     streamer = config.streamer
     if streamer is not None:
         try:
@@ -161,17 +171,26 @@ def _start_aggregator(tmp_dir: str, config: LogConfig) -> None:
     if config.curve_server_key and config.curve_client_key:
         curve = CurveKeys(server_public=config.curve_server_key, client_secret=config.curve_client_key)
     aggregator = NodeAggregator(tmp_dir, config.log_dir, config.node_id, streamer, curve=curve)
-    try:
-        aggregator.start()
-    except AggregatorBusyError:
-        return  # another process on this node aggregates; that is fine
-    except NvrxLogError as exc:
-        _report_once(f"the node aggregator could not start: {exc}; records stay in {tmp_dir}")
-        return
-    _state.aggregator = aggregator
+    if host:
+        try:
+            aggregator.start()
+            _state.aggregator = aggregator
+            return
+        except AggregatorBusyError:
+            pass  # another process on this node aggregates; that is fine
+        except NvrxLogError as exc:
+            _report_once(f"the node aggregator could not start: {exc}; records stay in {tmp_dir}")
+    # Not the host: watch that the node keeps an aggregator when its host is gone.
+    _state.watch = AggregatorWatch(tmp_dir, aggregator.successor_command(), local_rank=config.node_local_rank)
 
 
-def _teardown(logger: logging.Logger, linger: float = 0.0) -> None:
+def _teardown(logger: logging.Logger, *, at_exit: bool = False) -> None:
+    hooks, _state.hooks = _state.hooks, None
+    if hooks is not None:
+        hooks.uninstall()
+    watch, _state.watch = _state.watch, None
+    if watch is not None:
+        watch.stop()
     # Capture first: the fd helper drains what is still in the pipes into
     # records before the aggregator's last drain.
     grabber, _state.capture = _state.capture, None
@@ -186,7 +205,10 @@ def _teardown(logger: logging.Logger, linger: float = 0.0) -> None:
             aggregator.writer_closed(handler.writer)
     _state.handlers.clear()
     if aggregator is not None:
-        aggregator.stop(drain=True, linger=linger)  # a no-op in a forked child: not its thread
+        # At exit the node's other writers may go on: a successor takes over
+        # rather than this process waiting for them (or for the network).
+        exit_wait = _state.config.exit_wait if _state.config is not None else None
+        aggregator.stop(drain=True, timeout=exit_wait if at_exit else None, hand_over=at_exit)
     _state.configured = False
 
 
@@ -211,5 +233,4 @@ def _drain_at_exit() -> None:
     # Records a rank logged (or printed) just before exiting must still reach the node file.
     if _state.aggregator is not None or _state.capture is not None:
         with _lock:
-            config = _state.config
-            _teardown(logging.getLogger(LOGGER_NAME), linger=config.exit_wait if config else 0.0)
+            _teardown(logging.getLogger(LOGGER_NAME), at_exit=True)

@@ -1,0 +1,161 @@
+"""A job's end: every rank's crash and last lines reach the per-node file, and no rank waits to exit."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import HERE, child_env, parse_text_records, wait_for
+
+SCENARIO = str(HERE / "_last_words.py")
+
+
+def _env(tmp_path: Path, rank: int, **extra: object) -> dict[str, str]:
+    return child_env(
+        NVRX_NODE_LOCAL_TMPDIR=tmp_path / "tmp",
+        NVRX_LOG_DIR=tmp_path / "logs",
+        NVRX_NODE_ID="node001",
+        RANK=rank,
+        LOCAL_RANK=rank,
+        **extra,
+    )
+
+
+def _ranks(tmp_path: Path, mode: str, n: int, *extra: str, **env: object) -> list[subprocess.Popen]:
+    shared = tmp_path / "shared"
+    shared.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [sys.executable, SCENARIO, mode, "--dir", str(shared), *extra],
+            env=_env(tmp_path, rank, **env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for rank in range(n)
+    ]
+
+
+def _node_file(tmp_path: Path) -> Path:
+    return tmp_path / "logs" / "nvrx_log_node001.log"
+
+
+def _records(tmp_path: Path) -> list[dict]:
+    path = _node_file(tmp_path)
+    return parse_text_records(path) if path.exists() else []
+
+
+def _aggregators(tmp_path: Path) -> list[psutil.Process]:
+    """Aggregator processes (successors) serving this test's tmpdir."""
+    tmp = str(tmp_path / "tmp")
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "aggregate" in cmdline and tmp in cmdline:
+            found.append(proc)
+    return found
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float = 60) -> float:
+    """Wait for every process; return the seconds until the last one exited."""
+    start = time.monotonic()
+    for proc in procs:
+        proc.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
+    return time.monotonic() - start
+
+
+@pytest.mark.timeout(180)
+def test_every_ranks_crash_is_one_error_record_and_nobody_waits(tmp_path: Path) -> None:
+    """Rank 0 crashes, the others fail in their collective: four ERROR records; the job ends as fast as without."""
+    plain = _wait_all(_ranks(tmp_path / "plain", "crash", 4, "--plain"))
+    procs = _ranks(tmp_path, "crash", 4, TEST_CAPTURE="all")
+    took = _wait_all(procs)
+    assert [p.returncode for p in procs] == [1, 1, 1, 1]
+    assert took < plain + 5, f"exit took {took:.1f}s with nvrxlog, {plain:.1f}s without"
+    wait_for(lambda: len([r for r in _records(tmp_path) if r["level"] == "ERROR"]) >= 4, 60, "four ERROR records")
+    wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to finish and exit")
+    records = _records(tmp_path)
+    errors = {r["rank"]: r for r in records if r["level"] == "ERROR"}
+    assert sorted(errors) == ["0", "1", "2", "3"] and len([r for r in records if r["level"] == "ERROR"]) == 4
+    assert errors["0"]["msg"].startswith("uncaught RuntimeError: rank 0 diverged at step 50\nTraceback")
+    assert errors["0"]["file"] == "_last_words.py"
+    for rank in "123":
+        last = errors[rank]["msg"].splitlines()[-1]
+        assert last == f"TimeoutError: rank {rank}: allreduce timed out, rank 0 is gone"
+    captured = [r for r in records if r["file"] in ("<stderr>", "<stdout>")]
+    assert not captured, "a crash is not also captured line by line"
+    for rank in range(4):
+        steps = [int(r["msg"].split()[2]) for r in records if r["msg"].startswith(f"r{rank} step ")]
+        assert steps == list(range(51)), f"rank {rank}'s steps"
+    assert not list((tmp_path / "tmp").glob("nvrx.*.jsonl")), "nothing left in the tmpdir"
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_of_the_host_rank_does_not_stop_the_node_file(tmp_path: Path) -> None:
+    """Local rank 0 killed with SIGKILL mid-run: the other ranks' later lines still arrive, live."""
+    procs = _ranks(tmp_path, "until", 3)
+    wait_for(lambda: any(r["msg"].startswith("r1 i") for r in _records(tmp_path)), 60, "rank 1 in the node file")
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait(timeout=10)
+    killed_at = len([r for r in _records(tmp_path) if r["msg"].startswith("r2 i")])
+    # Still running: rank 2's later lines reach the file while it logs (a successor took over).
+    wait_for(
+        lambda: len([r for r in _records(tmp_path) if r["msg"].startswith("r2 i")]) > killed_at + 200,
+        60,
+        "rank 2's lines after rank 0 was killed",
+    )
+    (tmp_path / "shared" / "stop").touch()
+    _wait_all(procs[1:])
+    counts = {rank: int((tmp_path / "shared" / f"count.{rank}").read_text()) for rank in (1, 2)}
+    wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to finish and exit")
+    records = _records(tmp_path)
+    for rank, count in counts.items():
+        lines = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith(f"r{rank} i")]
+        assert lines == list(range(count)), f"rank {rank}: every line once, in order"
+        assert any(r["msg"] == f"r{rank} last" for r in records)
+
+
+@pytest.mark.timeout(120)
+def test_a_child_holding_the_pipes_does_not_delay_exit(tmp_path: Path) -> None:
+    """A rank with fd capture exits at once though a child still holds its pipes; the child's lines arrive later."""
+    env = _env(tmp_path, 0, TEST_CAPTURE="all")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    start = time.monotonic()
+    rank = subprocess.run(
+        [sys.executable, SCENARIO, "children", "--dir", str(shared), "--child-seconds", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
+    took = time.monotonic() - start
+    assert rank.returncode == 0
+    assert took < 4, f"the rank took {took:.1f}s to exit: it waited for its child"
+    wait_for(lambda: any(r["msg"] == "child done" for r in _records(tmp_path)), 60, "the child's last line")
+    lines = [r["msg"] for r in _records(tmp_path) if r["msg"].startswith("child line")]
+    assert lines == [f"child line {i}" for i in range(20)]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("attempt", range(3))
+def test_hand_over_under_load_is_exactly_once_in_order(tmp_path: Path, attempt: int) -> None:
+    """8 ranks logging, the host rank exits mid-run: every other rank's lines exactly once, in order."""
+    procs = _ranks(tmp_path, "until", 8)
+    wait_for(lambda: len(_records(tmp_path)) > 200 + 300 * attempt, 60, "the ranks to be under way")
+    (tmp_path / "shared" / "stop.0").touch()  # the host rank finishes first
+    procs[0].wait(timeout=30)
+    before = len(_records(tmp_path))
+    wait_for(lambda: len(_records(tmp_path)) > before + 1000, 60, "the other ranks' lines after the host left")
+    (tmp_path / "shared" / "stop").touch()
+    _wait_all(procs)
+    counts = {rank: int((tmp_path / "shared" / f"count.{rank}").read_text()) for rank in range(8)}
+    wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to finish and exit")
+    records = _records(tmp_path)
+    for rank, count in counts.items():
+        lines = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith(f"r{rank} i")]
+        assert lines == list(range(count)), f"rank {rank}: lost, doubled or reordered"
