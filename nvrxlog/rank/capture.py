@@ -14,9 +14,11 @@ Modes (``setup_logger(capture=...)`` or ``NVRX_LOG_CAPTURE``, comma-separated):
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -136,6 +138,7 @@ class Capture:
         self._saved_streams = (sys.stdout, sys.stderr)
         self._saved_fds: tuple[int, int] | None = None
         self._helper: subprocess.Popen | None = None
+        self._faulthandler = False
 
     def install_fds(self) -> None:
         """fd mode, before any handler exists: route fds 1 and 2 through the helper process."""
@@ -166,6 +169,7 @@ class Capture:
         os.close(out_w)
         os.close(err_w)
         self._saved_fds = saved
+        self._dump_stacks_on_signals()
         # stdout is now a pipe, which Python would block-buffer: print() lines
         # should become records as they are printed, not at exit. And each
         # line must be one write(2) (atomic on a pipe): unbuffered
@@ -177,6 +181,23 @@ class Capture:
                 reconfigure(line_buffering=True, write_through=False)
         # Our own stream handler must write where stderr really goes, not into the pipe.
         self.original_stderr = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+
+    def _dump_stacks_on_signals(self) -> None:
+        """A rank stopped by a fatal signal or SIGTERM leaves its Python stack in the pipe, as one record.
+
+        faulthandler writes from the signal handler itself (in C), also while
+        the rank is blocked in a collective, where a Python handler would
+        never run; SIGTERM then goes on to its previous disposition. A
+        faulthandler the program set up itself is left alone.
+        """
+        if faulthandler.is_enabled():
+            return
+        try:
+            faulthandler.enable(file=2, all_threads=True)
+            faulthandler.register(signal.SIGTERM, file=2, all_threads=True, chain=True)
+            self._faulthandler = True
+        except (AttributeError, OSError, RuntimeError, ValueError):
+            pass  # a platform without it: the crash is still captured, only without the stack
 
     def terminal(self) -> io.TextIOBase | None:
         """Where stderr really goes while capture redirects it (None when it does not)."""
@@ -225,6 +246,10 @@ class Capture:
         if "warnings" in self.modes:
             logging.captureWarnings(False)
             logging.getLogger("py.warnings").removeFilter(_strip_newline)
+        if self._faulthandler:
+            faulthandler.unregister(signal.SIGTERM)
+            faulthandler.disable()
+            self._faulthandler = False
         if self._saved_fds is not None:
             for stream in (sys.stdout, sys.stderr):
                 try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import signal
 import sys
 
 from nvrxlog.rank.tracebacks import Block, LineGrouper
@@ -23,6 +24,13 @@ _TRACEBACK_QUIET_S = 0.2
 def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
     """The fd-capture helper: pipes in, records out, until both pipes reach EOF."""
     from nvrxlog.rank.setup import setup_logger
+
+    # Launchers stop a rank by signalling its whole process group (torchrun's
+    # killpg, a terminal's Ctrl-C), which holds this helper too. It must
+    # outlive the rank to record its last words, and it ends by itself once
+    # every process holding the pipes is gone (EOF).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
 
     logger = setup_logger(node_local_tmp_prefix="fd")
     names = {out_fd: ("<stdout>", logging.INFO, 1), err_fd: ("<stderr>", logging.WARNING, 2)}

@@ -16,6 +16,12 @@ from typing import NamedTuple
 __all__ = ["Block", "LineGrouper"]
 
 _START = "Traceback (most recent call last):"
+# faulthandler's dump on a fatal signal (or a registered one, SIGTERM): one block too.
+_DUMP = re.compile(
+    r"^(Fatal Python error: |(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):"
+    r"|Stack \(most recent call first\):)"
+)
+_DUMP_MORE = re.compile(r"^((Current thread|Thread) 0x[0-9a-f]+ |Extension modules: |Python runtime state: |  )")
 _CHAIN = (
     "During handling of the above exception, another exception occurred:",
     "The above exception was the direct cause of the following exception:",
@@ -40,6 +46,7 @@ class LineGrouper:
     def __init__(self) -> None:
         self._lines: list[str] = []
         self._ended = False  # the exception line arrived; a chained traceback may follow
+        self._dump = False  # collecting a faulthandler dump
 
     @property
     def holding(self) -> bool:
@@ -49,7 +56,7 @@ class LineGrouper:
     @property
     def ended(self) -> bool:
         """The traceback held has its exception line (only a chained one could still follow)."""
-        return self._ended
+        return self._ended and not self._dump
 
     def feed(self, line: str) -> list[Block]:
         """Take one line (without its newline)."""
@@ -57,7 +64,16 @@ class LineGrouper:
             if line.strip() == _START:
                 self._lines.append(line)
                 return []
+            if _DUMP.match(line):
+                self._lines.append(line)
+                self._dump = True
+                return []
             return [Block(line, False)]
+        if self._dump:
+            if not line.strip() or _DUMP_MORE.match(line) or _DUMP.match(line):
+                self._lines.append(line)
+                return self.flush() if len(self._lines) >= MAX_LINES else []
+            return self.flush() + self.feed(line)
         if not self._ended:
             self._lines.append(line)
             if not line.startswith((" ", "\t")) and line.strip() and line.strip() != _START:
@@ -78,11 +94,18 @@ class LineGrouper:
         if not self._lines:
             return []
         lines, self._lines, self._ended = self._lines, [], False
+        dump, self._dump = self._dump, False
         while lines and not lines[-1].strip():
             lines.pop()
         file, number = None, 0
-        for text in lines:
-            match = _FRAME.match(text)
-            if match:
-                file, number = match["file"].rsplit("/", 1)[-1], int(match["line"])
+        if dump:
+            # A dump lists each thread's innermost frame first; the current thread's is where it stopped.
+            current = next((i for i, text in enumerate(lines) if text.startswith("Current thread")), 0)
+            frames = [m for m in map(_FRAME.match, lines[current:]) if m][:1]
+        else:
+            frames = [m for m in map(_FRAME.match, lines) if m][-1:]  # the innermost frame is last
+        if frames:
+            file, number = frames[0]["file"].rsplit("/", 1)[-1], int(frames[0]["line"])
+        if dump and not lines[0].startswith("Fatal Python error"):
+            lines.insert(0, "the process was stopped by a signal (SIGTERM, or a fatal one); its Python stack:")
         return [Block("\n".join(lines), True, file, number)]
