@@ -17,7 +17,7 @@ import time
 
 import psutil
 
-from benchmarks import bench_aggregator, bench_handler, bench_streamer
+from benchmarks import bench_aggregator, bench_exit, bench_handler, bench_streamer
 from benchmarks.bench_torchrun import torchrun_command
 
 
@@ -47,6 +47,7 @@ _BENCHMARKS = [
     ("per-call cost of logger.info", bench_handler.report),
     ("aggregator throughput and idle CPU", bench_aggregator.report),
     ("streamer ingest, 512-node scale, end-to-end latency", bench_streamer.report),
+    ("the end of a job: exit time and the last lines", bench_exit.report),
     ("step-time overhead under torchrun (4 ranks)", torchrun_report),
 ]
 
