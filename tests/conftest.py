@@ -48,6 +48,18 @@ def child_env(**extra: object) -> dict[str, str]:
     return env
 
 
+def node_env(tmp_path: Path, rank: int, **extra: object) -> dict[str, str]:
+    """The environment of rank ``rank`` of node001, node-local mode under ``tmp_path``, plus ``extra``."""
+    return child_env(
+        NVRX_NODE_LOCAL_TMPDIR=tmp_path / "tmp",
+        NVRX_LOG_DIR=tmp_path / "logs",
+        NVRX_NODE_ID="node001",
+        RANK=rank,
+        LOCAL_RANK=rank,
+        **extra,
+    )
+
+
 def run_worker(*args: object, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the test worker to completion, capturing its output."""
     return subprocess.run(

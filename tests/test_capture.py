@@ -107,6 +107,8 @@ def test_bad_capture_setting_is_reported_once_and_logging_goes_on() -> None:
     assert result.returncode == 0
     lines = result.stderr.splitlines()
     assert sum("capture is off" in line for line in lines) == 1 and lines[-1].endswith("still logging")
+    note = next(line for line in lines if "capture is off" in line)
+    assert note.count("unknown capture mode") == 1 and "further" not in note, "one short line, said once"
 
 
 @pytest.mark.timeout(60)

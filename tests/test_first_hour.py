@@ -198,20 +198,6 @@ def test_curve_end_to_end_from_the_command_line(tmp_path: Path) -> None:
     assert not any(r["node"] == "stranger" for r in records)
 
 
-def test_bad_capture_setting_is_one_short_line() -> None:
-    """An invalid NVRX_LOG_CAPTURE is reported once, without repeating itself."""
-    code = "from nvrxlog import setup_logger\nsetup_logger().info('go on')\n"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=child_env(NVRX_LOG_CAPTURE="everything"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    notes = [line for line in result.stderr.splitlines() if line.startswith("nvrxlog:")]
-    assert len(notes) == 1 and notes[0].count("unknown capture mode") == 1 and "further" not in notes[0]
-
-
 def test_configuration_warnings_reach_stderr_in_node_local_mode(tmp_path: Path) -> None:
     """A bad NVRX_LOG_AGGREGATOR is said on stderr (where the user looks) as well as in the per-node file."""
     code = "from nvrxlog import setup_logger\nsetup_logger().info('go on')\n"

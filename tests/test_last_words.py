@@ -10,20 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import HERE, child_env, parse_text_records, wait_for
+from conftest import HERE, node_env, parse_text_records, wait_for
 
 SCENARIO = str(HERE / "_last_words.py")
-
-
-def _env(tmp_path: Path, rank: int, **extra: object) -> dict[str, str]:
-    return child_env(
-        NVRX_NODE_LOCAL_TMPDIR=tmp_path / "tmp",
-        NVRX_LOG_DIR=tmp_path / "logs",
-        NVRX_NODE_ID="node001",
-        RANK=rank,
-        LOCAL_RANK=rank,
-        **extra,
-    )
 
 
 def _ranks(tmp_path: Path, mode: str, n: int, *extra: str, **env: object) -> list[subprocess.Popen]:
@@ -32,7 +21,7 @@ def _ranks(tmp_path: Path, mode: str, n: int, *extra: str, **env: object) -> lis
     return [
         subprocess.Popen(
             [sys.executable, SCENARIO, mode, "--dir", str(shared), *extra],
-            env=_env(tmp_path, rank, **env),
+            env=node_env(tmp_path, rank, **env),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -122,7 +111,7 @@ def test_sigkill_of_the_host_rank_does_not_stop_the_node_file(tmp_path: Path) ->
 @pytest.mark.timeout(120)
 def test_a_child_holding_the_pipes_does_not_delay_exit(tmp_path: Path) -> None:
     """A rank with fd capture exits at once though a child still holds its pipes; the child's lines arrive later."""
-    env = _env(tmp_path, 0, TEST_CAPTURE="all")
+    env = node_env(tmp_path, 0, TEST_CAPTURE="all")
     shared = tmp_path / "shared"
     shared.mkdir()
     start = time.monotonic()

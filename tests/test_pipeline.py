@@ -5,22 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import child_env, parse_text_records, run_worker, start_worker
+from conftest import node_env, parse_text_records, run_worker, start_worker
 
 from nvrxlog import NodeAggregator
 
 
 def _node_env(tmp_path: Path, rank: int, **extra: object) -> dict[str, str]:
-    return child_env(
-        NVRX_NODE_LOCAL_TMPDIR=tmp_path / "tmp",
-        NVRX_LOG_DIR=tmp_path / "logs",
-        NVRX_NODE_ID="node001",
-        RANK=rank,
-        LOCAL_RANK=rank,
-        SLURM_PROCID=rank + 8,
-        SLURM_LOCALID=rank,
-        **extra,
-    )
+    return node_env(tmp_path, rank, SLURM_PROCID=rank + 8, SLURM_LOCALID=rank, **extra)
 
 
 @pytest.mark.timeout(300)

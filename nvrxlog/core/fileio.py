@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["pwrite_all", "write_all"]
+__all__ = ["close_quietly", "pwrite_all", "write_all"]
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -21,3 +21,13 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
         done = os.pwrite(fd, view, offset)
         view = view[done:]
         offset += done
+
+
+def close_quietly(fd: int) -> int:
+    """Close ``fd`` if it is open (>= 0), ignoring errors; return -1 to store in its place."""
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return -1

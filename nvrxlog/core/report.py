@@ -23,20 +23,18 @@ class ErrorCounter:
 
     def report(self, cause: str, detail: str) -> bool:
         """Count one failure of ``cause``; print it if it is the first. Never raises."""
-        with self._lock:
-            first = cause not in self.counts
-            self.counts[cause] += 1
-        if first:
-            _write_stderr(f"nvrxlog: {self._who}: {detail} (further '{cause}' failures are counted, not printed)\n")
-        return first
+        return self._count(cause, f"{detail} (further '{cause}' failures are counted, not printed)")
 
     def once(self, text: str) -> bool:
         """Print ``text`` the first time it is reported, as one line; then only count it. Never raises."""
+        return self._count(text, text)
+
+    def _count(self, key: str, line: str) -> bool:
         with self._lock:
-            first = text not in self.counts
-            self.counts[text] += 1
+            first = key not in self.counts
+            self.counts[key] += 1
         if first:
-            _write_stderr(f"nvrxlog: {self._who}: {text}\n")
+            _write_stderr(f"nvrxlog: {self._who}: {line}\n")
         return first
 
     def reinit_after_fork(self) -> None:

@@ -7,6 +7,7 @@ import os
 import stat
 import time
 
+from nvrxlog.core.fileio import close_quietly
 from nvrxlog.errors import AggregatorBusyError, TmpDirError
 
 __all__ = ["LOCK_NAME", "AggregatorLock", "aggregator_alive", "prepare_tmp_dir"]
@@ -101,9 +102,4 @@ class AggregatorLock:
 
     def forget_after_fork(self) -> None:
         """In a forked child: close our copy without unlocking, so the parent keeps the lock."""
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = -1
+        self._fd = close_quietly(self._fd)

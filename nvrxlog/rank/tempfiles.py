@@ -19,7 +19,7 @@ import mmap
 import os
 import time
 
-from nvrxlog.core.fileio import pwrite_all, write_all
+from nvrxlog.core.fileio import close_quietly, pwrite_all, write_all
 from nvrxlog.core.record import WriterId, file_name
 from nvrxlog.core.tmpdir import aggregator_alive
 from nvrxlog.rank.retention import Loss, Retention
@@ -111,12 +111,7 @@ class TempFiles:
             except (OSError, BufferError):
                 pass
             self.map = None
-        if self._fd >= 0:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = -1
+        self._fd = close_quietly(self._fd)
 
     # -- files and chunks -----------------------------------------------------------
 

@@ -17,10 +17,14 @@ __all__ = ["Block", "LineGrouper"]
 
 _START = "Traceback (most recent call last):"
 # faulthandler's dump on a fatal signal (or a registered one, SIGTERM): one block too.
-_DUMP = re.compile(
-    r"^(Fatal Python error: |(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):"
+_DUMP_START = (
+    r"(Fatal Python error: |(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):"
     r"|Stack \(most recent call first\):)"
 )
+_DUMP = re.compile("^" + _DUMP_START)
+# faulthandler writes from the signal handler, right after whatever the process
+# wrote last, which may have had no newline yet ("NCCL WARN ...Fatal Python error").
+_DUMP_INSIDE = re.compile(".(?=" + _DUMP_START + ")")
 _DUMP_MORE = re.compile(r"^((Current thread|Thread) 0x[0-9a-f]+ |Extension modules: |Python runtime state: |  )")
 _CHAIN = (
     "During handling of the above exception, another exception occurred:",
@@ -60,6 +64,10 @@ class LineGrouper:
 
     def feed(self, line: str) -> list[Block]:
         """Take one line (without its newline)."""
+        inside = _DUMP_INSIDE.search(line)
+        if inside is not None:
+            cut = inside.end()
+            return self.feed(line[:cut]) + self.feed(line[cut:])
         if not self._lines:
             if line.strip() == _START:
                 self._lines.append(line)
