@@ -3,15 +3,27 @@
 # the test suite (as root, Debian/Ubuntu): installs slurm-wlm and munge if they
 # are missing, writes a one-node slurm.conf, starts munged, slurmctld, slurmd.
 #   slurm/local-slurm.sh up     start (idempotent)
-#   slurm/local-slurm.sh down   stop what `up` started
-# The node claims 16 CPUs so an 8-task job fits on a 2-core machine.
+#   slurm/local-slurm.sh down   stop what `up` started: slurmd, slurmctld, and
+#                               munged if `up` started it (not one already running)
+# The node claims 16 CPUs so an 8-task job fits on a 2-core machine. It changes
+# the machine: packages, /etc/slurm/slurm.conf, /etc/munge/munge.key (kept by `down`).
 set -euo pipefail
 action=${1:-up}
-run=/run/nvrxlog-slurm
+run=/run/nvrxlog-slurm  # pid files of the daemons `up` started
 
 if [[ $action == down ]]; then
-  for pidfile in "$run"/*.pid; do
-    [[ -f $pidfile ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  for name in slurmd slurmctld munged; do
+    pidfile=$run/$name.pid
+    [[ -f $pidfile ]] || continue
+    pid=$(cat "$pidfile")
+    [[ $pid =~ ^[0-9]+$ ]] || continue
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]] || continue  # gone (a stale file)
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 100); do  # up to 10 s, so a following `up` starts a fresh one
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && echo "local-slurm.sh: $name (pid $pid) is still running" >&2
   done
   rm -rf "$run"
   exit 0
@@ -58,7 +70,11 @@ NodeName=$node CPUs=16 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
 
-pgrep -x munged >/dev/null || munged --force
+if ! pgrep -x munged >/dev/null; then
+  munged --force  # returns once the daemon runs
+  # None ran before, so the one running now is ours: record it for `down`.
+  pgrep -x -n munged > "$run/munged.pid"
+fi
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
 
