@@ -148,3 +148,30 @@ def test_hand_over_under_load_is_exactly_once_in_order(tmp_path: Path, attempt: 
     for rank, count in counts.items():
         lines = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith(f"r{rank} i")]
         assert lines == list(range(count)), f"rank {rank}: lost, doubled or reordered"
+
+
+@pytest.mark.timeout(120)
+def test_an_aggregator_stopped_while_a_writer_lives_says_what_stays(tmp_path: Path) -> None:
+    """SIGTERM to `nvrxlog aggregate` (a step's end) while a rank still lives: the file and stderr name what stays."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    env = node_env(tmp_path, 0, NVRX_LOG_AGGREGATOR="external")
+    command = [sys.executable, "-m", "nvrxlog", "aggregate"]
+    service = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert service.stdout.readline().startswith("nvrxlog aggregate:")
+    done = tmp_path / "done"
+    done.mkdir()
+    rank = subprocess.Popen(
+        [sys.executable, str(HERE / "_worker.py"), "--count", "10", "--done-dir", str(done), "--hang"], env=env
+    )
+    try:
+        wait_for(lambda: (done / "0").exists(), 60, "the rank to log")
+        wait_for(lambda: len(_records(tmp_path)) == 10, 60, "its records in the file")
+        service.send_signal(signal.SIGTERM)
+        _, err = service.communicate(timeout=60)
+        assert service.returncode == 0
+    finally:
+        rank.kill()
+        rank.wait(timeout=30)
+    assert "1 writer(s) still alive may log more into" in err and "--once" in err
+    notes = [r for r in _records(tmp_path) if "still alive may log more" in r["msg"]]
+    assert len(notes) == 1 and str(tmp) in notes[0]["msg"] and (logs / "nvrx_log_node001.log").exists()

@@ -277,7 +277,7 @@ def _aggregate(args: argparse.Namespace) -> int:
         if not args.once:
             _wait_for_stop(args.wait_file, lambda: aggregator.running)
     finally:
-        aggregator.stop(drain=True)
+        aggregator.stop(drain=True, last=True)
     stats = aggregator.stats
     _say(f"aggregate: stopped; {aggregator.out_path}")
     for line in summary_lines(aggregator.tally, by_node=False):

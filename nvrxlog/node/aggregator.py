@@ -180,7 +180,9 @@ class NodeAggregator(Service):
         """Tell the aggregator that ``writer`` (a handler in this process) wrote its last record."""
         self._closed_writers.add(str(writer))
 
-    def stop(self, drain: bool = True, timeout: float | None = None, hand_over: bool = False) -> bool:
+    def stop(
+        self, drain: bool = True, timeout: float | None = None, hand_over: bool = False, last: bool = False
+    ) -> bool:
         """Stop the thread; with ``drain``, first write everything logged so far.
 
         With ``hand_over`` (a rank that hosts the aggregator is exiting), the
@@ -188,8 +190,9 @@ class NodeAggregator(Service):
         on the node is alive, or the streamer has not acknowledged
         everything, a detached successor (``nvrxlog aggregate --until-idle``)
         takes the tmpdir's lock as soon as this one lets go of it, and this
-        call does not wait for the network. Returns True when the thread has
-        finished. Safe to call twice, and a no-op in a forked child (the
+        call does not wait for the network. With ``last`` (a service's end:
+        no aggregator follows), writers still alive are named in the file.
+        Returns True when the thread has finished. Safe to call twice, and a no-op in a forked child (the
         thread belongs to the parent).
         """
         if self._thread is None or os.getpid() != self._owner_pid:
@@ -205,8 +208,8 @@ class NodeAggregator(Service):
             forwarder = self._forwarder
             if live or (forwarder is not None and forwarder.spool.pending_batches):
                 successor = self._spawn_successor()
-                if successor is None:
-                    self._left_behind(live)
+        if finished and successor is None and (hand_over or last):
+            self.note_left_behind()
         forwarder, self._forwarder = self._forwarder, None
         if forwarder is not None:
             # Everything written is spooled. A successor resends what is not
@@ -246,10 +249,14 @@ class NodeAggregator(Service):
         """Writers on the node that were alive at the last look (after a drain: still writing)."""
         return [tail.writer for tail in self._tails.values() if not tail.dead]
 
-    def _left_behind(self, live: list[WriterId]) -> None:
-        """Say (in the file and once on stderr) that records of live writers stay in the tmpdir."""
+    def note_left_behind(self) -> list[WriterId]:
+        """After a drain that no successor follows: say what writers still alive may leave in the tmpdir.
+
+        The per-node file gets a line and stderr gets it once; returns those writers.
+        """
+        live = self.live_writers()
         if not live:
-            return
+            return live
         names = ", ".join(str(w) for w in live[:8]) + (" ..." if len(live) > 8 else "")
         text = (
             f"{len(live)} writer(s) still alive may log more into {self.tmp_dir} ({names}); no aggregator "
@@ -262,6 +269,7 @@ class NodeAggregator(Service):
             self._output.write((self._format.line(record, self.node_id)).encode("utf-8", "backslashreplace"))
         except OSError:
             pass  # stderr has it
+        return live
 
     def _recover(self) -> None:
         try:
