@@ -61,7 +61,16 @@ def fill_spools(root: str, nodes: int, per_node: int, batch: int = 1000) -> None
 
 
 def _senders_main(endpoint: str, root: str, first: int, count: int, timeout: float) -> None:
-    """In a child process: one forwarder per spool, all sharing one context."""
+    """In a child process: one forwarder per spool, all sharing one context.
+
+    Every sender process starts at once, when ``root/go`` appears, so the
+    clock (started at the first batch received) does not count the time the
+    other process spent importing.
+    """
+    open(os.path.join(root, f"ready.{first}"), "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(root, "go")) and time.monotonic() < deadline:
+        time.sleep(0.001)  # a start line, not synchronisation of results
     context = zmq.Context()
     forwarders = [
         Forwarder(endpoint, f"node{n}", os.path.join(root, f"spool{n}"), context=context).start()
@@ -75,12 +84,19 @@ def _senders_main(endpoint: str, root: str, first: int, count: int, timeout: flo
 def _start_senders(endpoint: str, root: str, nodes: int, processes: int, timeout: float) -> list[subprocess.Popen]:
     per = -(-nodes // processes)
     procs = []
-    for first in range(0, nodes, per):
+    firsts = list(range(0, nodes, per))
+    for first in firsts:
         code = (
             f"from benchmarks.bench_streamer import _senders_main; "
             f"_senders_main({endpoint!r}, {root!r}, {first}, {min(per, nodes - first)}, {timeout})"
         )
         procs.append(subprocess.Popen([sys.executable, "-c", code]))
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(os.path.join(root, f"ready.{first}")) for first in firsts):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the sender processes did not start")
+        time.sleep(0.005)
+    open(os.path.join(root, "go"), "w").close()
     return procs
 
 

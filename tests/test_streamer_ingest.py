@@ -100,7 +100,7 @@ def test_a_new_batch_yields_every_record_with_a_text_line(form: str) -> None:
         assert (match["file"], match["line"], match["level"]) == ("train.py", "12", "INFO")
     assert ingest.stats["duplicates"] == 0
     assert {k: c.seq for k, c in ingest.cursors.items()} == {"n1|w0": 2}
-    assert ingest.tally == {(NODE, 3, "INFO"): 3}
+    assert ingest.per_rank == {(NODE, 3): 3} and ingest.levels == {(NODE, "INFO"): 3}
 
 
 def test_records_are_kept_when_asked() -> None:
@@ -173,7 +173,7 @@ def test_a_resent_batch_yields_nothing_new(form: str) -> None:
     assert cursor_state(ingest) == before
     ingest.batch(NODE, payload(1, records, form=form))
     assert ingest.stats["duplicates"] == 8
-    assert sum(ingest.tally.values()) == 4
+    assert sum(ingest.per_rank.values()) == sum(ingest.levels.values()) == 4
 
 
 @FORMS
@@ -281,12 +281,12 @@ def _check_refused_then_resend_taken(form: str, damage: Any, error: type[Excepti
     records = [rec(2, T0 + 2), rec(3, T0 + 3), rec(4, T0 + 4)]
     before = cursor_state(ingest)
     stats = dict(ingest.stats)
-    tally = dict(ingest.tally)
+    tally = (dict(ingest.per_rank), dict(ingest.levels))
     with pytest.raises(error):
         ingest.batch(NODE, damage(body_of(2, records, form=form)))
     assert cursor_state(ingest) == before
     assert ingest.stats == stats
-    assert dict(ingest.tally) == tally
+    assert (dict(ingest.per_rank), dict(ingest.levels)) == tally
     resent = ingest.batch(NODE, payload(2, records, form=form))
     assert resent.chunk.seqs == [2, 3, 4]
     assert ingest.stats["duplicates"] == 0
@@ -340,7 +340,7 @@ def test_odd_field_types_in_the_records_form_are_shown_leniently() -> None:
     chunk = ingest.batch(NODE, payload(1, [rec(0, T0, rank=[1, 2])], form="r")).chunk
     assert chunk.seqs == [0]
     assert "[workload:[1, 2](1) infra:7(0)]" in chunk.lines[0]
-    assert ingest.tally == {(NODE, None, None): 1}
+    assert ingest.per_rank == {(NODE, None): 1} and ingest.levels == {(NODE, "INFO"): 1}
 
 
 # -- relayed records ----------------------------------------------------------------
@@ -360,7 +360,8 @@ def test_a_relayed_column_record_is_keyed_by_its_own_sanitized_node() -> None:
     assert f"[{relay}]" in chunk.lines[0] and "[n1]" in chunk.lines[1]
     assert [r["node"] for r in chunk.records] == [relay, NODE, relay]
     assert set(ingest.cursors) == {f"{relay}|w0", "n1|w0"}
-    assert ingest.tally == {(relay, 3, "INFO"): 2, (NODE, 3, "INFO"): 1}
+    assert ingest.per_rank == {(relay, 3): 2, (NODE, 3): 1}
+    assert ingest.levels == {(relay, "INFO"): 2, (NODE, "INFO"): 1}
 
 
 def test_a_relayed_record_in_the_records_form_is_keyed_by_its_own_sanitized_node() -> None:
@@ -524,7 +525,7 @@ def test_every_record_comes_out_exactly_once_in_writer_order(scenario: Any, keep
         out.extend(zip(chunk.keys, chunk.seqs, chunk.ts, strict=True))
     assert ingest.stats["duplicates"] == resent_records
     assert ingest.stats["bad_frames"] == 0
-    assert sum(ingest.tally.values()) == len(stream)
+    assert sum(ingest.per_rank.values()) == sum(ingest.levels.values()) == len(stream)
     assert {key for key, _, _ in out} == set(times)
     for key, ts in times.items():
         mine = [(seq, merge_key) for k, seq, merge_key in out if k == key]

@@ -394,3 +394,14 @@ def test_waited_past_restarts_after_a_reset() -> None:
     link.heard(99.0)
     link.reset(100.0)  # the streamer answered RESET (it restarted)
     assert not link.waited_past(100.5, 30.0)
+
+
+def test_a_hello_the_socket_would_not_take_is_tried_again_soon() -> None:
+    """A hello not taken (no connection yet) is due again within 10 ms, and the link polls that often meanwhile."""
+    link = Link(heartbeat=1.0)
+    link.said_hello(0.0, taken=False)
+    assert link.poll_timeout() <= 0.01
+    assert not link.hello_due(0.005) and link.hello_due(0.011)
+    link.said_hello(0.011, taken=True)
+    assert not link.hello_due(0.2) and link.hello_due(0.262)
+    assert link.poll_timeout() == 0.25

@@ -71,7 +71,7 @@ def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int
         viewer.send_signal(signal.SIGINT)
         viewer.wait(10)
     levels: Counter[str] = Counter()
-    for (_, _, level), count in streamer.tally.items():
+    for (_, level), count in streamer.levels.items():
         levels[str(level)] += count
     outcome = f"{plural(failed, 'rank')} of {len(procs)} failed" if failed else f"all {len(procs)} ranks exited 0"
     print(f"\nfinished in {time.monotonic() - started:.1f}s: {outcome}")

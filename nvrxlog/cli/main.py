@@ -237,7 +237,7 @@ def _curve_keys(server: str | None, client: str | None, options: str):  # noqa: 
 
 
 def _aggregate(args: argparse.Namespace) -> int:
-    from nvrxlog.cli.summary import summary_lines
+    from nvrxlog.cli.summary import summary_line
     from nvrxlog.errors import AggregatorBusyError
     from nvrxlog.node.aggregator import NodeAggregator
     from nvrxlog.node.handover import TAKE_OVER_WAIT_S
@@ -280,8 +280,7 @@ def _aggregate(args: argparse.Namespace) -> int:
         aggregator.stop(drain=True, last=True)
     stats = aggregator.stats
     _say(f"aggregate: stopped; {aggregator.out_path}")
-    for line in summary_lines(aggregator.tally, by_node=False):
-        print(f"  {line}")
+    print(f"  {summary_line(aggregator.per_rank, aggregator.levels)}")
     trouble = []
     if stats["missing_records"]:
         trouble.append(f"{stats['missing_records']:,} records missing (sequence gaps; the file says which)")
@@ -295,7 +294,7 @@ def _aggregate(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from nvrxlog.cli.summary import plural, summary_lines
+    from nvrxlog.cli.summary import node_lines, plural
     from nvrxlog.streamer.service import Streamer
     from nvrxlog.wire.endpoint import check_endpoint, same_endpoint
 
@@ -334,12 +333,12 @@ def _stream(args: argparse.Namespace) -> int:
     finally:
         streamer.stop()
     stats = streamer.stats
-    nodes = {node for node, _, _ in streamer.tally}
+    nodes = {node for node, _ in streamer.per_rank}
     _say(
         f"stream: stopped; {plural(stats['records'], 'record')} from {plural(len(nodes), 'node')} "
         f"in {streamer.out_path}"
     )
-    for line in summary_lines(streamer.tally, by_node=True):
+    for line in node_lines(streamer.per_rank, streamer.levels):
         print(f"  {line}")
     for key, text in (
         ("duplicates", "resent records dropped as duplicates"),

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 
-__all__ = ["plural", "summary_lines"]
+__all__ = ["node_lines", "plural", "summary_line"]
 
 
 def plural(count: int, noun: str) -> str:
@@ -13,30 +12,24 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
-def _ranks(tally: Iterable[tuple[object, int]]) -> str:
-    per_rank: Counter[str] = Counter()
-    for rank, count in tally:
-        per_rank["?" if rank is None else str(rank)] += count
-    shown = sorted(per_rank.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0))
-    return ", ".join(f"rank {rank}: {count:,}" for rank, count in shown)
+def _ranks(per_rank: Counter) -> str:
+    shown = sorted(per_rank.items(), key=lambda kv: (type(kv[0]) is not int, kv[0] if type(kv[0]) is int else 0))
+    return ", ".join(f"rank {'?' if rank is None else rank}: {count:,}" for rank, count in shown)
 
 
-def summary_lines(tally: Counter[tuple], *, by_node: bool) -> list[str]:
-    """One line per node (or one for the node) from a tally keyed ``(node, rank, level)`` or ``(rank, level)``."""
-    nodes: dict[str, list[tuple[object, str, int]]] = defaultdict(list)
-    for key, count in tally.items():
-        node, rank, level = key if by_node else ("", *key)
-        nodes[str(node)].append((rank, str(level), count))
-    lines = []
-    for node in sorted(nodes):
-        rows = nodes[node]
-        total = sum(count for _, _, count in rows)
-        levels: Counter[str] = Counter()
-        for _, level, count in rows:
-            levels[level] += count
-        head = f"{node}: " if by_node else ""
-        lines.append(
-            f"{head}{plural(total, 'record')} ({levels['ERROR'] + levels['CRITICAL']:,} ERROR, "
-            f"{levels['WARNING']:,} WARNING); {_ranks((rank, count) for rank, _, count in rows)}"
-        )
-    return lines
+def summary_line(per_rank: Counter, levels: Counter, head: str = "") -> str:
+    """``[head: ]N records (E ERROR, W WARNING); rank 0: n, ...``."""
+    total = sum(per_rank.values())
+    errors = levels["ERROR"] + levels["CRITICAL"]
+    return f"{head}{plural(total, 'record')} ({errors:,} ERROR, {levels['WARNING']:,} WARNING); {_ranks(per_rank)}"
+
+
+def node_lines(per_rank: Counter[tuple], levels: Counter[tuple]) -> list[str]:
+    """One summary line per node from counts keyed ``(node, rank)`` and ``(node, level)``."""
+    ranks_of: dict[str, Counter] = defaultdict(Counter)
+    levels_of: dict[str, Counter] = defaultdict(Counter)
+    for (node, rank), count in per_rank.items():
+        ranks_of[str(node)][rank] += count
+    for (node, level), count in levels.items():
+        levels_of[str(node)][level] += count
+    return [summary_line(ranks_of[node], levels_of[node], f"{node}: ") for node in sorted(ranks_of)]

@@ -72,15 +72,23 @@ class LineFormat:
         """
         stamps = map(self._stamps.__getitem__, map(floordiv, ts, repeat(1_000_000)))
         texts = list(map(_TEXT.__mod__, zip(stamps, levels, nodes, labels, files, line_numbers, msgs, strict=True)))
-        if self.untrusted:
-            data = "".join(texts).encode("utf-8", "surrogatepass")
-            if (
-                data.count(b"\n") != count
-                or len(data.translate(None, _CONTROL_BYTES)) != len(data)
-                or any(separator in data for separator in _UNICODE_BREAKS)
-            ):
-                return None
+        if self.untrusted and _needs_defanging("".join(texts).encode("utf-8", "surrogatepass"), count):
+            return None
         return texts
+
+    def text(self, records: list[dict], node: str) -> bytes:
+        """The encoded lines of ``records`` of one ``node``, for a file: one pass of checks for the whole batch.
+
+        Each record is formatted as is; only if the batch holds a control
+        character or a line break inside a record is each one defanged.
+        """
+        if self.json or not self.untrusted:
+            return "".join([self.line(r, node) for r in records]).encode("utf-8", "backslashreplace")
+        raw = self._raw_line
+        data = "".join([raw(r, node) for r in records]).encode("utf-8", "backslashreplace")
+        if _needs_defanging(data, len(records)):
+            data = "".join([self.line(r, node) for r in records]).encode("utf-8", "backslashreplace")
+        return data
 
     def label(self, ranks: tuple) -> str:
         """``[workload:R(L) infra:R(L)]`` for ``(rank, local_rank, infra_rank, infra_local_rank)``."""
@@ -90,19 +98,23 @@ class LineFormat:
         """One output line (two or more for a multi-line message), with its newline."""
         if self.json:
             return orjson.dumps({"node": node, **record}).decode() + "\n"
+        text = self._raw_line(record, node)
+        if self.untrusted and not text[:-1].isprintable():
+            return _defang(text[:-1]) + "\n"
+        return text
+
+    def _raw_line(self, record: dict, node: str) -> str:
+        """The line as the record has it (not defanged), with its newline."""
         try:
             milli = record["ts"] // 1_000_000
             if milli != self._milli:
                 self._stamp_for(milli)
             ranks = (record["rank"], record["local_rank"], record["infra_rank"], record["infra_local_rank"])
             label = self._labels[ranks]
-            text = (
+            return (
                 f"{self._milli_stamp} [{record['level']}] [{node}] {label} "
-                f"{record['file']}:{record['line']} {record['msg']}"
+                f"{record['file']}:{record['line']} {record['msg']}\n"
             )
-            if self.untrusted and not text.isprintable():
-                text = _defang(text)
-            return text + "\n"
         except (KeyError, TypeError):
             # Valid JSON from a foreign or damaged file may lack fields or hold
             # odd types; it is still shown, with '?' for what is missing.
@@ -116,11 +128,10 @@ class LineFormat:
         ts = record.get("ts")
         self._stamp_for(ts // 1_000_000 if type(ts) is int else 0)
         ranks = [record.get(k) for k in ("rank", "local_rank", "infra_rank", "infra_local_rank")]
-        text = (
+        return (
             f"{self._milli_stamp} [{record.get('level', '?')}] [{node}] {rank_label(*ranks)} "
-            f"{record.get('file', '?')}:{record.get('line', '?')} {record.get('msg', '')}"
+            f"{record.get('file', '?')}:{record.get('line', '?')} {record.get('msg', '')}\n"
         )
-        return (_defang(text) if self.untrusted else text) + "\n"
 
 
 # What could forge a line or drive a terminal: C0 controls but tab and newline,
@@ -163,6 +174,15 @@ class _Labels(dict):
         if len(self) < 65536:  # one entry per distinct rank set
             self[ranks] = label
         return label
+
+
+def _needs_defanging(data: bytes, count: int) -> bool:
+    """Whether ``count`` encoded lines hold a line break inside one, or a character that could drive a terminal."""
+    return (
+        data.count(b"\n") != count
+        or len(data.translate(None, _CONTROL_BYTES)) != len(data)
+        or (not data.isascii() and any(separator in data for separator in _UNICODE_BREAKS))
+    )
 
 
 def _defang(text: str) -> str:

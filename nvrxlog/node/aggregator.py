@@ -42,8 +42,8 @@ _INF = float("inf")
 # exit_when_idle: stop once no writer has lived and nothing was left for this long.
 _IDLE_EXIT_S = 1.0
 _SPOOL_PATIENCE_S = 60.0
-_RECORD = itemgetter(3)
-_RANK_LEVEL = itemgetter("rank", "level")
+_TID, _SEQ, _RECORD = itemgetter(1), itemgetter(2), itemgetter(3)
+_LEVEL = itemgetter("level")
 _DEAD_CHECK_NS = 1_000_000_000
 
 
@@ -100,8 +100,9 @@ class NodeAggregator(Service):
         # A rank's message must not forge a line of another rank either.
         self.json = json
         self._format = LineFormat(json=json, untrusted=True)
-        #: Records written, by (rank, level): the summary a service prints at exit.
-        self.tally: Counter[tuple] = Counter()
+        #: Records written per rank and per level: the summary a service prints at exit.
+        self.per_rank: Counter[object] = Counter()
+        self.levels: Counter[object] = Counter()
         self._window_ns = int(merge_window * 1e9)
         self._idle_s = idle_interval
         self._busy_s = busy_interval
@@ -392,9 +393,8 @@ class NodeAggregator(Service):
             self._notice(f"skipped {len(skipped)} {noun} in the tmpdir: {', '.join(skipped[:10])}")
 
     def _write(self, ready: list[tuple], watermark: int) -> None:
-        node = self.node_id
-        line = self._format.line
-        data = "".join([line(item[3], node) for item in ready]).encode("utf-8", "backslashreplace")
+        records = list(map(_RECORD, ready))
+        data = self._format.text(records, self.node_id)
         try:
             self._output.write(data)
         except OSError as exc:
@@ -407,25 +407,29 @@ class NodeAggregator(Service):
             )
             return
         by_tid = self._by_tid
-        for _, tid, seq, _ in ready:
+        tids = list(map(_TID, ready))
+        # Per writer, found in C: its last seq written and how many it wrote.
+        for tid, seq in dict(zip(tids, map(_SEQ, ready), strict=True)).items():
             tail = by_tid.get(tid)
             if tail is not None:
                 tail.emitted_seq = seq
+        per_rank = self.per_rank
+        for tid, count in Counter(tids).items():
+            tail = by_tid.get(tid)
+            per_rank[tail.rank if tail is not None else None] += count
+        try:
+            levels = list(map(_LEVEL, records))
+        except KeyError:  # a foreign record without a level
+            levels = [record.get("level") for record in records]
+        self.levels.update(levels)
         self.stats["records"] += len(ready)
         self.stats["bytes"] += len(data)
-        try:
-            counted = list(map(_RANK_LEVEL, map(_RECORD, ready)))
-        except (KeyError, TypeError):  # a foreign record without the usual fields
-            counted = [(r.get("rank"), r.get("level")) for _, _, _, r in ready]
-        self.tally.update(counted)
         if self._forwarder is not None:
             # Spooled before the checkpoint that covers these records, so a
             # kill -9 in between re-sends (deduplicated) rather than loses.
-            records = []
-            for _, tid, _, record in ready:
+            for tid, record in zip(tids, records, strict=True):
                 tail = by_tid.get(tid)
                 record["w"] = tail.key if tail is not None else self._notice_key
-                records.append(record)
             self._forwarder.submit(records, watermark)
 
     def _checkpoint(self, now: int) -> None:

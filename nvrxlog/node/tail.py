@@ -78,6 +78,7 @@ class WriterTail:
         self.files: dict[int, str] = {}  # index -> name, not yet opened
         self.cursor = WriterCursor(last_seq)  # what was handed over (or written before a restart)
         self.emitted_seq = last_seq  # highest seq written to the output
+        self.rank: object = None  # the workload rank its records carry (for summaries)
         self.dead = False
         self.more = False  # the last poll stopped at its budget with data left
         self.checked_at = 0  # when the aggregator last asked whether the writer lives
@@ -222,6 +223,8 @@ class WriterTail:
         lines = [line for line in lines if line] if b"" in lines else lines
         values, bad = decode_lines(lines)
         samples = [line[:120] for line in bad]
+        if values and self.rank is None and type(values[0]) is dict:
+            self.rank = values[0].get("rank")
         cursor = self.cursor
         admit = cursor.admit
         append = out.append

@@ -73,8 +73,9 @@ class Ingest:
         # the caller needs them (a relay, a live view) or the format does.
         self._keep_records = keep_records
         self._names: dict[str, str] = {}
-        #: New records by (node, rank, level): what the streamer's summary reports.
-        self.tally: Counter[tuple] = Counter()
+        #: New records by (node, rank) and by (node, level): what the streamer's summary reports.
+        self.per_rank: Counter[tuple] = Counter()
+        self.levels: Counter[tuple] = Counter()
 
     def batch(self, node: str, payload: bytes) -> Batch:
         """Ingest one batch payload from ``node``; raises ValueError/KeyError/TypeError if malformed."""
@@ -143,9 +144,15 @@ class Ingest:
         keys = list(map(keys_of.__getitem__, p))
         if not self._all_new(keys, seqs, ts):
             return self.records(node, unpack(body))
-        tally = self.tally
-        for (pi, li), count in Counter(zip(p, lv, strict=True)).items():  # counted in C, a few entries
-            tally[nodes_of[pi], ranks_of[pi], levels[li]] += count
+        # Counted in C, ints only; a few entries each.
+        for pi, count in Counter(p).items():
+            self.per_rank[nodes_of[pi], ranks_of[pi]] += count
+        if len(set(nodes_of)) == 1:
+            for li, count in Counter(lv).items():
+                self.levels[nodes_of[0], levels[li]] += count
+        else:  # a relay's batch: levels per record's own node
+            for (pi, li), count in Counter(zip(p, lv, strict=True)).items():
+                self.levels[nodes_of[pi], levels[li]] += count
         records: list = [None] * n
         if lines is None or self._keep_records():
             records = unpack(body)
@@ -214,10 +221,9 @@ class Ingest:
                     newest = merge_key
                 if raw is None:
                     record["node"] = node
-                try:
-                    self.tally[record["node"], record.get("rank"), record.get("level")] += 1
-                except TypeError:  # an unhashable rank or level: shown leniently, counted as unknown
-                    self.tally[record["node"], None, None] += 1
+                rank, level = record.get("rank"), record.get("level")
+                self.per_rank[record["node"], rank if type(rank) is int else None] += 1
+                self.levels[record["node"], level if type(level) is str else None] += 1
                 items.append((merge_key, key, rseq, record))
                 continue
             duplicates += 1

@@ -133,9 +133,14 @@ class Streamer(Service):
         self._pending = MergeBuffer()
 
     @property
-    def tally(self) -> Counter[tuple]:
-        """Records received, by (node, rank, level)."""
-        return self._ingest.tally
+    def per_rank(self) -> Counter[tuple]:
+        """Records received, by (node, rank)."""
+        return self._ingest.per_rank
+
+    @property
+    def levels(self) -> Counter[tuple]:
+        """Records received, by (node, level)."""
+        return self._ingest.levels
 
     # -- lifecycle ------------------------------------------------------------------
 

@@ -229,8 +229,7 @@ class Forwarder:
                     _try_send(sock, [QUIT])
                 return
             if link.hello_due(now):
-                _try_send(sock, hello_frames)
-                link.said_hello(now)
+                link.said_hello(now, _try_send(sock, hello_frames))
             if not warned and link.waited_past(now, self.warn_after):
                 warned = True
                 self._notice(

@@ -20,6 +20,9 @@ __all__ = ["Link", "LinkState", "WATERMARK_EVERY"]
 
 WATERMARK_EVERY = 0.05  # seconds between watermark-only pings while the node is caught up
 _HELLO_EVERY = 0.25
+# A hello the socket would not take (no connection yet: it queues nothing) is
+# tried again this soon, so a node starts sending as soon as it can connect.
+_HELLO_RETRY = 0.01
 
 
 class LinkState(enum.Enum):
@@ -44,6 +47,7 @@ class Link:
         self.last_recv = now
         self.hello_since = now  # when this round of saying hello began
         self._last_hello = float("-inf")
+        self._hello_taken = True
         self.last_sent = float("-inf")
         self._sent_watermark = 0
 
@@ -56,10 +60,13 @@ class Link:
 
     def hello_due(self, now: float) -> bool:
         """True when a hello should go out now (repeated until welcomed)."""
-        return self.state is LinkState.HELLO and now - self._last_hello >= min(_HELLO_EVERY, self.heartbeat)
+        every = _HELLO_RETRY if not self._hello_taken else min(_HELLO_EVERY, self.heartbeat)
+        return self.state is LinkState.HELLO and now - self._last_hello >= every
 
-    def said_hello(self, now: float) -> None:
+    def said_hello(self, now: float, taken: bool = True) -> None:
+        """A hello was handed to the socket at ``now`` (``taken``: it accepted it)."""
         self._last_hello = now
+        self._hello_taken = taken
 
     def heard(self, now: float) -> None:
         """Anything arrived from the streamer."""
@@ -151,7 +158,9 @@ class Link:
 
     def poll_timeout(self) -> float:
         """Seconds to sleep in poll before the next decision."""
-        return WATERMARK_EVERY if self.state is LinkState.READY else min(_HELLO_EVERY, self.heartbeat)
+        if self.state is LinkState.READY:
+            return WATERMARK_EVERY
+        return _HELLO_RETRY if not self._hello_taken else min(_HELLO_EVERY, self.heartbeat)
 
     def _forget_in_flight(self) -> None:
         self._in_flight.clear()
