@@ -241,13 +241,15 @@ class Streamer(Service):
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(pub, zmq.POLLIN)
-        poller.register(self._wake, zmq.POLLIN)
+        # pyzmq's poll names a non-socket by its descriptor, never by the object registered.
+        wake = self._wake.fileno()
+        poller.register(wake, zmq.POLLIN)
         last_flush = last_beat = time.monotonic()
         while not self._stopping:
             wait = max(0.0, self._ckpt_s - (time.monotonic() - last_flush))
             busy = self._pending or self._sessions.has_unacked()
             for item, _ in poller.poll(wait * 1000 if busy else 1000):
-                if item is self._wake:
+                if item == wake:
                     self._wake.drain()
                     continue
                 if item is pub:

@@ -216,7 +216,9 @@ class Forwarder:
         spool = self.spool
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake, zmq.POLLIN)
+        # pyzmq's poll names a non-socket by its descriptor, never by the object registered.
+        wake = self._wake.fileno()
+        poller.register(wake, zmq.POLLIN)
         hello_frames = hello(self.node_id)
         warned = False
         while True:
@@ -273,7 +275,7 @@ class Forwarder:
             if ping is not None:
                 _try_send(sock, [PING, ping] if ping else [PING])
             for item, _ in poller.poll(link.poll_timeout() * 1000):
-                if item is self._wake:
+                if item == wake:
                     self._wake.drain()
                     continue
                 while True:
