@@ -175,3 +175,29 @@ def test_an_aggregator_stopped_while_a_writer_lives_says_what_stays(tmp_path: Pa
     assert "1 writer(s) still alive may log more into" in err and "--once" in err
     notes = [r for r in _records(tmp_path) if "still alive may log more" in r["msg"]]
     assert len(notes) == 1 and str(tmp) in notes[0]["msg"] and (logs / "nvrx_log_node001.log").exists()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("end", ["exit", "sigterm"])
+def test_ranks_that_end_right_after_the_host_was_killed_still_reach_the_file(tmp_path: Path, end: str) -> None:
+    """Local rank 0 SIGKILLed, the others end at once (exit, or a launcher's SIGTERM with capture): all their lines arrive."""
+    procs = _ranks(tmp_path, "until", 3, **({"TEST_CAPTURE": "all"} if end == "sigterm" else {}))
+    wait_for(lambda: any(r["msg"].startswith("r2 i") for r in _records(tmp_path)), 60, "rank 2 in the node file")
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait(timeout=10)
+    if end == "exit":
+        (tmp_path / "shared" / "stop").touch()
+    else:
+        for proc in procs[1:]:
+            proc.send_signal(signal.SIGTERM)  # torchrun stops the group once one rank failed
+    _wait_all(procs[1:])
+    # Well inside the watch's grace period: a successor must have been started by the ending ranks themselves.
+    wait_for(lambda: not list((tmp_path / "tmp").glob("nvrx.*.jsonl")), 60, "every temp file written and removed")
+    wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to finish and exit")
+    records = _records(tmp_path)
+    for rank in (1, 2):
+        lines = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith(f"r{rank} i")]
+        assert lines == list(range(len(lines))) and lines, f"rank {rank}: every line once, in order"
+        if end == "exit":
+            assert len(lines) == int((tmp_path / "shared" / f"count.{rank}").read_text())
+            assert any(r["msg"] == f"r{rank} last" for r in records)

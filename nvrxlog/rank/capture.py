@@ -152,8 +152,9 @@ class Capture:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         saved = (os.dup(1), os.dup(2))
+        # The helper writes records like any writer of the node, and like the
+        # node's other ranks it makes sure an aggregator takes them (fdhelper.py).
         env = {k: v for k, v in os.environ.items() if k != "NVRX_LOG_CAPTURE"}
-        env["NVRX_LOG_AGGREGATOR"] = "external"  # the helper writes records, it never aggregates
         self._helper = subprocess.Popen(
             [sys.executable, "-m", "nvrxlog.rank.fdhelper", str(out_r), str(err_r), "1" if self.echo else "0"],
             stdin=subprocess.DEVNULL,

@@ -23,7 +23,7 @@ _TRACEBACK_QUIET_S = 0.2
 
 def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
     """The fd-capture helper: pipes in, records out, until both pipes reach EOF."""
-    from nvrxlog.rank.setup import setup_logger
+    from nvrxlog.rank.setup import never_host, setup_logger
 
     # Launchers stop a rank by signalling its whole process group (torchrun's
     # killpg, a terminal's Ctrl-C), which holds this helper too. It must
@@ -32,6 +32,10 @@ def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
 
+    # In thread mode the helper watches the node's aggregator like a rank that
+    # does not host it, and at its exit (EOF: its rank is gone, maybe killed
+    # by a signal with its peers) starts a successor if none serves the node.
+    never_host()
     logger = setup_logger(node_local_tmp_prefix="fd")
     names = {out_fd: ("<stdout>", logging.INFO, 1), err_fd: ("<stderr>", logging.WARNING, 2)}
     partial = {out_fd: b"", err_fd: b""}

@@ -40,6 +40,8 @@ class _State:
         self.watch: AggregatorWatch | None = None
         self.config: LogConfig | None = None
         self.reported: set[str] = set()
+        # False in the fd helper: it is one more writer of its rank's node, never its host.
+        self.may_host = True
 
     def after_fork_in_child(self) -> None:
         global _lock
@@ -142,7 +144,7 @@ def setup_logger(
             _state.hooks.install()
 
         if tmp_dir and config.aggregator == "thread":
-            _start_aggregator(tmp_dir, config, host=config.node_local_rank in (0, None))
+            _start_aggregator(tmp_dir, config, host=_state.may_host and config.node_local_rank in (0, None))
         for problem in config.problems:
             if problem not in _state.reported:
                 _state.reported.add(problem)
@@ -190,7 +192,7 @@ def _teardown(logger: logging.Logger, *, at_exit: bool = False) -> None:
         hooks.uninstall()
     watch, _state.watch = _state.watch, None
     if watch is not None:
-        watch.stop()
+        watch.stop()  # at exit: a last look, once this process's records are all in its files
     # Capture first: the fd helper drains what is still in the pipes into
     # records before the aggregator's last drain.
     grabber, _state.capture = _state.capture, None
@@ -209,7 +211,14 @@ def _teardown(logger: logging.Logger, *, at_exit: bool = False) -> None:
         # rather than this process waiting for them (or for the network).
         exit_wait = _state.config.exit_wait if _state.config is not None else None
         aggregator.stop(drain=True, timeout=exit_wait if at_exit else None, hand_over=at_exit)
+    if watch is not None and at_exit:
+        watch.last_look()
     _state.configured = False
+
+
+def never_host() -> None:
+    """This process (the fd helper) writes into a node's tmpdir but never hosts its aggregator."""
+    _state.may_host = False
 
 
 def reset_state() -> None:
@@ -231,6 +240,6 @@ def _report_once(text: str) -> None:
 @atexit.register
 def _drain_at_exit() -> None:
     # Records a rank logged (or printed) just before exiting must still reach the node file.
-    if _state.aggregator is not None or _state.capture is not None:
+    if _state.aggregator is not None or _state.capture is not None or _state.watch is not None:
         with _lock:
             _teardown(logging.getLogger(LOGGER_NAME), at_exit=True)
