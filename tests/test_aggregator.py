@@ -65,3 +65,29 @@ def test_record_missing_fields_is_still_shown_with_question_marks() -> None:
     """Valid JSON lacking fields or with odd types renders leniently instead of failing the batch."""
     line = LineFormat().line({"seq": 1, "ts": 0, "msg": "bare", "rank": [1]}, "n")
     assert line.endswith("[?] [n] [workload:[1](?) infra:?(?)] ?:? bare\n")
+
+
+@pytest.mark.timeout(180)
+def test_a_stop_that_times_out_leaves_the_thread_its_forwarder_and_output(tmp_path: Path) -> None:
+    """stop() whose wait runs out returns False and takes nothing from the draining thread: all still arrives."""
+    from nvrxlog import Streamer
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    handler = NodeLocalHandler(str(tmp), LogConfig(rank=0, local_rank=0))
+    record = logging.LogRecord("nvrx", logging.INFO, "t.py", 1, "record %d %s", None, None)
+    with Streamer("tcp://127.0.0.1:0", str(tmp_path / "cluster.log"), json=True) as streamer:
+        aggregator = NodeAggregator(str(tmp), str(tmp_path / "logs"), "n1", streamer.endpoint, json=True)
+        aggregator.start()
+        for i in range(60_000):
+            record.args = (i, "p" * 100)
+            record.created = time.time()
+            handler.emit(record)
+        handler.close()
+        assert aggregator.stop(timeout=0.0) is False, "a 60,000-record drain cannot be over at once"
+        assert aggregator.stop() is True
+        lines = (tmp_path / "logs" / "nvrx_log_n1.log").read_bytes().splitlines()
+        assert [orjson.loads(x)["seq"] for x in lines] == list(range(60_000))
+        assert aggregator.stats["undelivered"] == 0
+    cluster = [orjson.loads(x) for x in (tmp_path / "cluster.log").read_bytes().splitlines()]
+    assert [x["seq"] for x in cluster if x["msg"].startswith("record ")] == list(range(60_000))

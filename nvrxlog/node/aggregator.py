@@ -203,13 +203,22 @@ class NodeAggregator(Service):
         self._wake.set()
         self._thread.join(timeout)
         finished = not self._thread.is_alive()
+        if not finished:
+            # Still draining when the wait ran out. The thread keeps its
+            # forwarder and output (taking them now would pull them from under
+            # it); at a hand-over the lock goes with this process, and a
+            # successor waiting for it writes what is left.
+            self.errors.once(f"the node aggregator did not finish draining within {timeout}s")
+            if hand_over:
+                self.successor = self._spawn_successor()
+            return False
         successor = None
-        if hand_over and finished and self._failure is None:
+        if hand_over and self._failure is None:
             live = self.live_writers()
             forwarder = self._forwarder
             if live or (forwarder is not None and forwarder.spool.pending_batches):
                 successor = self._spawn_successor()
-        if finished and successor is None and (hand_over or last):
+        if successor is None and (hand_over or last):
             self.note_left_behind()
         forwarder, self._forwarder = self._forwarder, None
         if forwarder is not None:
@@ -223,12 +232,11 @@ class NodeAggregator(Service):
                     f"{undelivered} records were not acknowledged by the streamer {self.streamer}; "
                     f"they stay spooled in {forwarder.spool.directory} for the next run",
                 )
-        if finished:
-            # Only now: a successor must not open the spool while our forwarder still uses it.
-            self._output.close()
-            self._lock.release()
+        # Only now: a successor must not open the spool while our forwarder still uses it.
+        self._output.close()
+        self._lock.release()
         self.successor = successor
-        return finished
+        return True
 
     def successor_command(self) -> list[str]:
         """The command line of a process that can take this node's aggregation over."""
