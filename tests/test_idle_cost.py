@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import aggregate_cli, child_env, node_env, run_worker, wait_for
+from _net import stream_cli
+from conftest import aggregate_cli, node_env, run_worker, wait_for
 
 # A spinning loop burns a whole core (~1.0 s of CPU per second); a sleeping
 # service a few milliseconds. The bound sits far from both, so machine noise
@@ -34,17 +34,9 @@ def _cpu_over_window(pid: int) -> float:
 def test_an_idle_forwarding_aggregator_and_its_streamer_sleep(tmp_path: Path) -> None:
     """After forwarding a record, an idle `nvrxlog aggregate` and `nvrxlog stream` use almost no CPU."""
     cluster = tmp_path / "cluster.log"
-    stream = subprocess.Popen(
-        [sys.executable, "-m", "nvrxlog", "stream", "--bind", "tcp://127.0.0.1:0", "--out", str(cluster)],
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stream, endpoint = stream_cli(cluster)
     agg = None
     try:
-        first = stream.stdout.readline()
-        endpoint = next(word.rstrip(",") for word in first.split() if word.startswith("tcp://"))
         agg = aggregate_cli(
             tmp_path / "tmp", tmp_path / "logs", "node001", "--streamer", endpoint, stdout=subprocess.DEVNULL
         )

@@ -12,6 +12,8 @@ import psutil
 import pytest
 from conftest import HERE, node_env, parse_text_records, wait_for
 
+from nvrxlog import Streamer
+
 SCENARIO = str(HERE / "_last_words.py")
 
 
@@ -201,3 +203,40 @@ def test_ranks_that_end_right_after_the_host_was_killed_still_reach_the_file(tmp
         if end == "exit":
             assert len(lines) == int((tmp_path / "shared" / f"count.{rank}").read_text())
             assert any(r["msg"] == f"r{rank} last" for r in records)
+
+
+@pytest.mark.timeout(180)
+def test_every_ranks_crash_reaches_the_cluster_file_too(tmp_path: Path) -> None:
+    """Rank 0 crashes, the others fail after it, a streamer runs: the cluster file has the four ERROR records too."""
+    cluster = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(cluster)) as streamer:
+        procs = _ranks(tmp_path, "crash", 4, TEST_CAPTURE="all", NVRX_LOG_STREAMER=streamer.endpoint)
+        _wait_all(procs)
+        wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to deliver and exit")
+        wait_for(lambda: streamer.stats["records"] >= 4 * 51 + 4, 60, "every record at the streamer")
+    errors = [r for r in parse_text_records(cluster) if r["level"] == "ERROR"]
+    assert sorted(r["rank"] for r in errors) == ["0", "1", "2", "3"]
+    assert all("Traceback (most recent call last):" in r["msg"] for r in errors)
+
+
+@pytest.mark.timeout(180)
+def test_a_successor_drains_and_exits_promptly_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM (slurmstepd's) to a successor while a rank still logs: it exits within seconds, losing nothing."""
+    procs = _ranks(tmp_path, "until", 2)
+    wait_for(lambda: any(r["msg"].startswith("r1 i") for r in _records(tmp_path)), 60, "rank 1 in the node file")
+    (tmp_path / "shared" / "stop.0").touch()
+    procs[0].wait(timeout=30)
+    successor = wait_for(lambda: _aggregators(tmp_path), 60, "the successor")[0]
+    before = len(_records(tmp_path))
+    wait_for(lambda: len(_records(tmp_path)) > before + 100, 60, "the successor writing rank 1's lines")
+    start = time.monotonic()
+    successor.send_signal(signal.SIGTERM)
+    successor.wait(timeout=30)
+    assert time.monotonic() - start < 5, "a successor must stop well within slurmstepd's kill wait"
+    # Rank 1 goes on; its own watch starts the next successor, which resumes from the checkpoint.
+    (tmp_path / "shared" / "stop").touch()
+    procs[1].wait(timeout=30)
+    wait_for(lambda: not _aggregators(tmp_path), 60, "the next successor to finish and exit")
+    count = int((tmp_path / "shared" / "count.1").read_text())
+    lines = [int(r["msg"].split()[1][1:]) for r in _records(tmp_path) if r["msg"].startswith("r1 i")]
+    assert lines == list(range(count)), "every line of rank 1 once, in order, across both successors"
