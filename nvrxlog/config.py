@@ -95,11 +95,11 @@ class LogConfig:
         curve_server = env.get("NVRX_LOG_CURVE_SERVER_KEY") or None
         curve_client = env.get("NVRX_LOG_CURVE_CLIENT_KEY") or None
         if bool(curve_server) != bool(curve_client):
+            # Fail closed: a half-set pair means the user wants CURVE, so no plaintext forwarding.
             problems.append(
                 "NVRX_LOG_CURVE_SERVER_KEY and NVRX_LOG_CURVE_CLIENT_KEY go together; "
-                "forwarding without CURVE until both are set"
+                "not forwarding until both are set (the per-node file is written as usual)"
             )
-            curve_server = curve_client = None
         return cls(
             node_local_tmp_dir=env.get("NVRX_NODE_LOCAL_TMPDIR") or None,
             debug=_flag(env.get("NVRX_LOG_DEBUG")),
@@ -120,6 +120,11 @@ class LogConfig:
             infra_local_rank=integer("SLURM_LOCALID", minimum=0),
             problems=tuple(problems),
         )
+
+    @property
+    def curve_half_set(self) -> bool:
+        """One CURVE key file named without the other: forwarding stays off rather than in plaintext."""
+        return bool(self.curve_server_key) != bool(self.curve_client_key)
 
     @property
     def node_local_rank(self) -> int | None:

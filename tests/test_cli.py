@@ -92,3 +92,14 @@ def test_demo_runs_and_says_where_its_outputs_are(tmp_path: Path) -> None:
     }
     assert any(r["level"] == "WARNING" and "gradient norm" in r["msg"] for r in cluster)
     assert "cluster.log" in result.stdout and "nvrxlog tail --connect" in result.stdout
+    assert "all 8 ranks exited 0" in result.stdout and "1 ERROR, 1 WARNING)" in result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_demo_live_shows_the_records_as_they_arrive(tmp_path: Path) -> None:
+    """`nvrxlog demo --live` prints the cluster's records through a live view, then the same summary."""
+    result = _nvrxlog("demo", "--dir", str(tmp_path), "--live", "--steps", "5", "--nodes", "1", "--ranks", "2")
+    assert result.returncode == 0, result.stderr
+    shown = [line for line in result.stdout.splitlines() if "[node001]" in line and "step " in line]
+    assert len(shown) == 2 * 5, result.stdout
+    assert "1 node x 2 ranks, 5 steps" in result.stdout and "all 2 ranks exited 0" in result.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 from _net import json_lines
-from conftest import child_env, run_worker, wait_for
+from conftest import child_env, parse_text_records, run_worker, wait_for
 
 from nvrxlog import Streamer, __version__
 from nvrxlog.wire.endpoint import check_endpoint, same_endpoint
@@ -63,6 +63,10 @@ def _one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
         (["aggregate", "--tmp-dir", "/tmp/nvrxlog-fh-tmp", "--log-dir", "/etc/hostname"], ["not a directory"]),
         (["aggregate", "--tmp-dir", "/tmp/nvrxlog-fh-tmp", "--curve-server-key", "/tmp/x.key"], ["go together"]),
         (["demo", "--nodes", "0"], ["less than 1"]),
+        (
+            ["stream", "--bind", "tcp://127.0.0.1:0", "--out", "/tmp/x.log", "--curve-clients-dir", "/tmp"],
+            ["needs --curve-secret-key"],
+        ),
     ],
 )
 def test_a_bad_input_is_one_clear_line(args: list[str], words: list[str]) -> None:
@@ -94,14 +98,20 @@ def test_version_and_help_with_defaults() -> None:
         assert _nvrxlog(command, "--help").returncode == 0
 
 
+# "Within a second" of the signal, as a user at a terminal expects; what
+# tail does on it (close a socket, exit) takes a few milliseconds.
+_SIGNAL_BOUND_S = 1.0
+
+
 @pytest.mark.timeout(60)
-def test_sigint_ends_tail_promptly_while_it_waits_for_an_answer() -> None:
-    """Ctrl-C during the wait for a streamer that does not answer ends tail at once, not after --timeout."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_tail_promptly_while_it_waits_for_an_answer(signum: int) -> None:
+    """Ctrl-C or SIGTERM during the wait for a streamer that does not answer ends tail within a second."""
     proc = _start("tail", "--connect", "tcp://127.0.0.1:1", "--timeout", "60")
     try:
         assert "waiting for the streamer at tcp://127.0.0.1:1" in proc.stderr.readline()  # it is waiting now
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == 0
+        proc.send_signal(signum)
+        assert proc.wait(timeout=_SIGNAL_BOUND_S) == 0
     finally:
         proc.kill()
 
@@ -117,7 +127,7 @@ def test_tail_says_when_it_connects_and_when_the_streamer_falls_silent(tmp_path:
         silent = proc.stderr.readline()  # blocks until tail notices; the test timeout bounds it
         assert "has been silent" in silent
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=5) == 0
+        assert proc.wait(timeout=_SIGNAL_BOUND_S) == 0
     finally:
         streamer.stop()
         proc.kill()
@@ -234,3 +244,61 @@ def test_aggregate_once_writes_what_was_left_and_exits(tmp_path: Path) -> None:
     assert "30 records" in result.stdout
     lines = (logs / "nvrx_log_left.log").read_text().splitlines()
     assert sum("r0 i" in line for line in lines) == 30
+
+
+@pytest.mark.timeout(120)
+def test_curve_keys_from_the_environment_and_the_command_line_combine(tmp_path: Path) -> None:
+    """NVRX_LOG_CURVE_SERVER_KEY exported, --curve-client-key given: aggregate uses both (an option wins per key)."""
+    keys = tmp_path / "keys"
+    for name in ("server", "node1"):
+        assert _nvrxlog("keys", str(keys), "--name", name).returncode == 0
+    env = child_env(NVRX_NODE_LOCAL_TMPDIR=tmp_path / "tmp", NVRX_LOG_CURVE_SERVER_KEY=keys / "server.key")
+    args = ["aggregate", "--log-dir", str(tmp_path / "logs"), "--streamer", "tcp://127.0.0.1:9", "--once"]
+    result = _nvrxlog(*args, "--curve-client-key", str(keys / "node1.key_secret"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "forwarding to tcp://127.0.0.1:9 (CURVE)" in result.stdout
+    _one_line_error(_nvrxlog(*args, env=env), "go together")
+
+
+@pytest.mark.timeout(120)
+def test_a_half_set_curve_pair_in_thread_mode_forwards_nothing_in_plaintext(tmp_path: Path) -> None:
+    """Only NVRX_LOG_CURVE_SERVER_KEY set: the node file is written, nothing goes out unencrypted, stderr says why."""
+    with Streamer("tcp://127.0.0.1:0", str(tmp_path / "cluster.log"), json=True) as streamer:
+        env = child_env(
+            NVRX_NODE_LOCAL_TMPDIR=tmp_path / "tmp",
+            NVRX_LOG_DIR=tmp_path / "logs",
+            NVRX_NODE_ID="n1",
+            NVRX_LOG_STREAMER=streamer.endpoint,
+            NVRX_LOG_CURVE_SERVER_KEY=tmp_path / "server.key",
+            RANK=0,
+            LOCAL_RANK=0,
+        )
+        result = run_worker("--count", 20, env=env)
+        assert result.returncode == 0
+        assert "go together; not forwarding" in result.stderr
+        records = parse_text_records(tmp_path / "logs" / "nvrx_log_n1.log")
+        assert sum(r["msg"].startswith("r0 i") for r in records) == 20
+        assert streamer.stats["nodes"] == 0 and not streamer.per_rank
+
+
+@pytest.mark.timeout(120)
+def test_tail_count_counts_records_and_a_multi_line_record_is_one(tmp_path: Path) -> None:
+    """`tail --level ERROR --count 1` ends after the one ERROR record, a traceback that prints several lines."""
+    with Streamer("tcp://127.0.0.1:0", str(tmp_path / "c.log")) as streamer:
+        proc = _start("tail", "--connect", streamer.endpoint, "--level", "ERROR", "--count", "1")
+        try:
+            assert "connected to" in proc.stderr.readline()
+            env = child_env(
+                NVRX_NODE_LOCAL_TMPDIR=tmp_path / "tmp",
+                NVRX_LOG_DIR=tmp_path / "logs",
+                NVRX_LOG_STREAMER=streamer.endpoint,
+                RANK=0,
+                LOCAL_RANK=0,
+            )
+            assert run_worker("--count", 3, "--traceback", env=env).returncode == 0
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0
+    lines = out.splitlines()
+    assert len(lines) > 3 and "[ERROR]" in lines[0] and lines[-1].strip() == "ValueError: boom from rank 0"

@@ -32,7 +32,8 @@ def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int
     log_dir = os.path.join(work, "logs")
     cluster = os.path.join(work, "cluster.log")
     print(
-        f"nvrxlog demo: a streamer and {plural(nodes, 'node')} x {plural(ranks, 'rank')}, {steps} steps, in {work}",
+        f"nvrxlog demo: a streamer and {plural(nodes, 'node')} x {plural(ranks, 'rank')}, "
+        f"{plural(steps, 'step')}, in {work}",
         flush=True,
     )
     started = time.monotonic()
@@ -73,7 +74,10 @@ def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int
     levels: Counter[str] = Counter()
     for (_, level), count in streamer.levels.items():
         levels[str(level)] += count
-    outcome = f"{plural(failed, 'rank')} of {len(procs)} failed" if failed else f"all {len(procs)} ranks exited 0"
+    if failed:
+        outcome = f"{plural(failed, 'rank')} of {len(procs)} failed"
+    else:
+        outcome = "the rank exited 0" if len(procs) == 1 else f"all {len(procs)} ranks exited 0"
     print(f"\nfinished in {time.monotonic() - started:.1f}s: {outcome}")
     print("per-node files:")
     for aggregator in aggregators:

@@ -286,6 +286,8 @@ def _aggregate(args: argparse.Namespace) -> int:
         trouble.append(f"{stats['missing_records']:,} records missing (sequence gaps; the file says which)")
     if stats.get("undelivered"):
         trouble.append(f"{stats['undelivered']:,} records not yet acknowledged by the streamer (spooled)")
+    if stats.get("spool_dropped"):
+        trouble.append(f"{stats['spool_dropped']:,} records dropped from the full spool (--spool-max-mb)")
     for line in trouble:
         print(f"  {line}")
     if aggregator.failure is not None:
@@ -299,6 +301,8 @@ def _stream(args: argparse.Namespace) -> int:
     from nvrxlog.wire.endpoint import check_endpoint, same_endpoint
 
     check_endpoint(args.bind, bind=True, what="--bind")
+    if args.curve_clients_dir and not args.curve_secret_key:
+        raise ConfigError("--curve-clients-dir needs --curve-secret-key: without it CURVE is off and anyone may send")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if os.path.isdir(os.path.abspath(args.out)):
         raise ConfigError(f"--out {os.path.abspath(args.out)} is a directory; name a file in it")
@@ -334,10 +338,9 @@ def _stream(args: argparse.Namespace) -> int:
         streamer.stop()
     stats = streamer.stats
     nodes = {node for node, _ in streamer.per_rank}
-    _say(
-        f"stream: stopped; {plural(stats['records'], 'record')} from {plural(len(nodes), 'node')} "
-        f"in {streamer.out_path}"
-    )
+    # The nodes' records, not the streamer's own notice lines (stats["records"] counts both).
+    total = sum(streamer.per_rank.values())
+    _say(f"stream: stopped; {plural(total, 'record')} from {plural(len(nodes), 'node')} in {streamer.out_path}")
     for line in node_lines(streamer.per_rank, streamer.levels):
         print(f"  {line}")
     for key, text in (

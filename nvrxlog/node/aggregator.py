@@ -226,6 +226,7 @@ class NodeAggregator(Service):
             # acknowledged yet; without one, wait a bounded time for the streamer.
             undelivered = forwarder.stop(0.2 if successor is not None else self._drain_timeout if drain else 0.0)
             self.stats["undelivered"] = undelivered
+            self.stats["spool_dropped"] = forwarder.stats["dropped"]
             if undelivered and successor is None:
                 self.errors.report(
                     "undelivered",

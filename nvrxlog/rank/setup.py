@@ -169,6 +169,8 @@ def _start_aggregator(tmp_dir: str, config: LogConfig, *, host: bool) -> None:
             # Forwarding is optional; the per-node file is not.
             _report_once(f"{exc}; not forwarding, the per-node file is written as usual")
             streamer = None
+    if config.curve_half_set:
+        streamer = None  # reported with the configuration's problems
     curve = None
     if config.curve_server_key and config.curve_client_key:
         curve = CurveKeys(server_public=config.curve_server_key, client_secret=config.curve_client_key)
