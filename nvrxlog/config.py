@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["LogConfig", "sanitize_name"]
+__all__ = ["LogConfig", "current_ranks", "parse_levels", "sanitize_name"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -31,6 +33,21 @@ def sanitize_name(name: str, *, limit: int = 64) -> str:
     return safe
 
 
+def parse_levels(text: str | None) -> dict[str, int]:
+    """``"transformers=INFO,torch.distributed=DEBUG"`` as ``{logger name: level}``; ValueError if malformed."""
+    levels: dict[str, int] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, level = item.partition("=")
+        number = logging.getLevelName(level.strip().upper()) if sep else None
+        if not sep or not name.strip() or not isinstance(number, int):
+            raise ValueError(f"NVRX_LOG_LEVELS entry {item!r} is not LOGGER=LEVEL (e.g. transformers=INFO)")
+        levels[name.strip()] = number
+    return levels
+
+
 @dataclass(frozen=True, kw_only=True)
 class LogConfig:
     """Every setting nvrxlog reads from the environment, resolved once.
@@ -50,6 +67,7 @@ class LogConfig:
     node_id: str = "localhost"
     exit_wait: float = DEFAULT_EXIT_WAIT
     capture: str | None = None
+    levels: tuple[tuple[str, int], ...] = ()  # NVRX_LOG_LEVELS: (logger name, level) for captured loggers
     curve_server_key: str | None = None
     curve_client_key: str | None = None
     rank: int | None = None
@@ -100,7 +118,13 @@ class LogConfig:
                 "NVRX_LOG_CURVE_SERVER_KEY and NVRX_LOG_CURVE_CLIENT_KEY go together; "
                 "not forwarding until both are set (the per-node file is written as usual)"
             )
+        try:
+            levels = parse_levels(env.get("NVRX_LOG_LEVELS"))
+        except ValueError as exc:
+            problems.append(f"{exc}; NVRX_LOG_LEVELS ignored")
+            levels = {}
         return cls(
+            levels=tuple(levels.items()),
             node_local_tmp_dir=env.get("NVRX_NODE_LOCAL_TMPDIR") or None,
             debug=_flag(env.get("NVRX_LOG_DEBUG")),
             to_stdout=_flag(env.get("NVRX_LOG_TO_STDOUT")),
@@ -130,6 +154,28 @@ class LogConfig:
     def node_local_rank(self) -> int | None:
         """The rank of this process on its node: workload's if known, else SLURM's."""
         return self.local_rank if self.local_rank is not None else self.infra_local_rank
+
+
+def current_ranks(known: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    """``known`` (rank, local rank, infra rank, infra local rank) with what has become known since.
+
+    Sources, in order: the environment (``RANK``, ``LOCAL_RANK``; launchers such
+    as Lightning's set them after start-up), then ``torch.distributed`` once it
+    is initialised (its rank, if the environment has none). Known fields stay.
+    """
+    fresh = LogConfig.from_env()
+    rank = known[0] if known[0] is not None else fresh.rank
+    if rank is None:
+        dist = sys.modules.get("torch.distributed")  # never imported here: only asked if the job uses it
+        try:
+            if dist is not None and dist.is_available() and dist.is_initialized():
+                rank = dist.get_rank()
+        except Exception:  # a half-initialised process group must not break logging
+            rank = None
+    local = known[1] if known[1] is not None else fresh.local_rank
+    infra = known[2] if known[2] is not None else fresh.infra_rank
+    infra_local = known[3] if known[3] is not None else fresh.infra_local_rank
+    return (rank, local, infra, infra_local)
 
 
 def _or_default(value: int | None, default: int) -> int:

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,6 +69,25 @@ def run_worker(*args: object, env: dict[str, str], timeout: float = 60) -> subpr
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def run_script(tmp_path: Path, code: str, *, rank: int = 0, **env: object) -> subprocess.CompletedProcess:
+    """Run ``code`` (dedented) as rank ``rank`` of node001 in node-local mode under ``tmp_path``."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(code))
+    return subprocess.run(
+        [sys.executable, str(script)], env=node_env(tmp_path, rank, **env), capture_output=True, text=True, timeout=60
+    )
+
+
+def node_records(tmp_path: Path, at_least: int = 1) -> list[dict]:
+    """The records of node001's file under ``tmp_path``, once it holds ``at_least`` of them."""
+    path = tmp_path / "logs" / "nvrx_log_node001.log"
+    return wait_for(  # type: ignore[return-value]
+        lambda: (records := parse_text_records(path) if path.exists() else []) and len(records) >= at_least and records,
+        60,
+        f"{at_least} record(s) in the node file",
     )
 
 

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import node_env, parse_text_records, wait_for
-
-
-def _run(tmp_path: Path, code: str, **env: object) -> subprocess.CompletedProcess:
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(code))
-    return subprocess.run(
-        [sys.executable, str(script)], env=node_env(tmp_path, 0, **env), capture_output=True, text=True, timeout=60
-    )
+from conftest import node_records, parse_text_records, run_script
 
 
 def _errors(tmp_path: Path, count: int) -> list[dict]:
-    path = tmp_path / "logs" / "nvrx_log_node001.log"
-
-    def found() -> list[dict]:
-        records = parse_text_records(path) if path.exists() else []
-        return [r for r in records if r["level"] == "ERROR"] if len(records) >= count else []
-
-    return wait_for(found, 60, f"{count} record(s) in the node file")
+    return [r for r in node_records(tmp_path, count) if r["level"] == "ERROR"]
 
 
 @pytest.mark.timeout(120)
 def test_a_crash_without_capture_is_one_error_record_where_it_was_raised(tmp_path: Path) -> None:
     """No capture at all: the uncaught exception is still one ERROR record, at the raising file and line."""
-    result = _run(
+    result = run_script(
         tmp_path,
         """
         from nvrxlog import setup_logger
@@ -51,10 +34,10 @@ def test_a_crash_without_capture_is_one_error_record_where_it_was_raised(tmp_pat
 
 
 @pytest.mark.timeout(120)
-def test_a_threads_crash_is_one_record_and_the_previous_hooks_still_run(tmp_path: Path) -> None:
+def test_a_threads_crash_is_one_record_and_the_previous_hooks_stillrun_script(tmp_path: Path) -> None:
     """A thread's uncaught exception is one ERROR record; hooks set before nvrxlog (torchrun's @record) still run."""
     marks = tmp_path / "marks"
-    result = _run(
+    result = run_script(
         tmp_path,
         f"""
         import sys, threading
@@ -84,7 +67,7 @@ def test_a_threads_crash_is_one_record_and_the_previous_hooks_still_run(tmp_path
 @pytest.mark.timeout(120)
 def test_a_subprocess_traceback_through_fd_capture_is_one_error_record(tmp_path: Path) -> None:
     """A child process's traceback on the captured stderr is grouped into one ERROR record, not one per line."""
-    result = _run(
+    result = run_script(
         tmp_path,
         """
         import subprocess, sys

@@ -184,7 +184,9 @@ def test_an_aggregator_stopped_while_a_writer_lives_says_what_stays(tmp_path: Pa
 def test_ranks_that_end_right_after_the_host_was_killed_still_reach_the_file(tmp_path: Path, end: str) -> None:
     """Local rank 0 SIGKILLed, the others end at once (exit, or SIGTERM with capture): all their lines arrive."""
     procs = _ranks(tmp_path, "until", 3, **({"TEST_CAPTURE": "all"} if end == "sigterm" else {}))
-    wait_for(lambda: any(r["msg"].startswith("r2 i") for r in _records(tmp_path)), 60, "rank 2 in the node file")
+    wait_for(
+        lambda: {r["msg"][:4] for r in _records(tmp_path)} >= {"r1 i", "r2 i"}, 60, "ranks 1 and 2 in the node file"
+    )
     procs[0].send_signal(signal.SIGKILL)
     procs[0].wait(timeout=10)
     if end == "exit":

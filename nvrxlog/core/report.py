@@ -10,7 +10,17 @@ import os
 import threading
 from collections import Counter
 
-__all__ = ["ErrorCounter", "describe"]
+__all__ = ["ErrorCounter", "describe", "report_to"]
+
+# Where last-resort lines go: fd 2, or the real terminal while fd capture has
+# pointed fd 2 into its pipe (a line about nvrxlog itself is for the user's eyes).
+_fd = 2
+
+
+def report_to(fd: int) -> None:
+    """Send last-resort lines to ``fd`` from now on (2 again when capture ends)."""
+    global _fd
+    _fd = fd
 
 
 class ErrorCounter:
@@ -53,6 +63,6 @@ def describe(exc: BaseException | None) -> str:
 
 def _write_stderr(line: str) -> None:
     try:
-        os.write(2, line.encode("utf-8", "backslashreplace"))
+        os.write(_fd, line.encode("utf-8", "backslashreplace"))
     except OSError:
         pass  # stderr itself is gone: counting is all that is left

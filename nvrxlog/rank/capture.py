@@ -22,10 +22,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from nvrxlog.core import forks
+from nvrxlog.core.report import report_to
 from nvrxlog.errors import ConfigError
+from nvrxlog.rank.adopt import Adoption, Thresholds
+from nvrxlog.rank.progress import Frames, keep_from_last_frame
 from nvrxlog.rank.tracebacks import Block, LineGrouper
 
 __all__ = ["Capture", "parse_capture"]
@@ -69,14 +72,16 @@ def _strip_newline(record: logging.LogRecord) -> bool:
 class _LineWriter(io.TextIOBase):
     """A text stream that turns each complete line into a record (and maybe echoes it)."""
 
-    def __init__(self, logger: logging.Logger, level: int, name: str, echo: io.TextIOBase | None) -> None:
+    def __init__(self, logger: logging.Logger, level: int, name: str, echo: io.TextIOBase | None, fd: int) -> None:
         super().__init__()
+        self.captured_fd = fd  # what it stands in for: logging capture's terminal handlers are told by it
         self._logger = logger
         self._level = level
         self._name = name
         self._echo = echo
         self._partial = ""
         self._grouper = LineGrouper()
+        self._frames = Frames()
         self._lock = threading.Lock()
         forks.register(self)
 
@@ -92,8 +97,15 @@ class _LineWriter(io.TextIOBase):
             self._echo.write(text)
         with self._lock:
             lines = (self._partial + text).split("\n")
-            self._partial = lines.pop()
-            blocks = [block for line in lines for block in self._grouper.feed(line)]
+            rest = lines.pop()
+            shown = [frame for frame in map(self._frames.finished, lines) if frame is not None]
+            if "\r" in rest:  # a progress bar: its latest frame now and then (progress.py)
+                rest = keep_from_last_frame(rest)
+                frame = self._frames.unfinished(rest)
+                if frame is not None:
+                    shown.append(frame)
+            self._partial = rest
+            blocks = [block for line in shown for block in self._grouper.feed(line)]
             if self._grouper.ended:
                 # In-process there is no timer: a traceback is recorded once its exception line is in.
                 blocks += self._grouper.flush()
@@ -110,7 +122,8 @@ class _LineWriter(io.TextIOBase):
         """Emit a last line that never got its newline (no lost tail at exit)."""
         with self._lock:
             rest, self._partial = self._partial, ""
-            blocks = self._grouper.feed(rest) if rest else []
+            last = self._frames.finished(rest) if rest else None
+            blocks = self._grouper.feed(last) if last is not None else []
             blocks += self._grouper.flush()
         for block in blocks:
             self._emit(block)
@@ -127,11 +140,22 @@ class _LineWriter(io.TextIOBase):
 class Capture:
     """Installs and removes the capture modes for one process."""
 
-    def __init__(self, logger: logging.Logger, modes: frozenset[str]) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        modes: frozenset[str],
+        *,
+        levels: Mapping[str, int] | None = None,
+        report: Callable[[str], None] = lambda text: None,
+    ) -> None:
         self.logger = logger
         self.modes = modes
         self.echo = "echo" in modes
+        self.levels = dict(levels or {})
+        self._report = report
         self.original_stderr: io.TextIOBase = sys.stderr
+        self.original_stdout: io.TextIOBase = sys.stdout
+        self._adoption: Adoption | None = None
         self._owner_pid = os.getpid()
         self._root_handlers: list[logging.Handler] = []
         self._writers: list[_LineWriter] = []
@@ -170,6 +194,7 @@ class Capture:
         os.close(out_w)
         os.close(err_w)
         self._saved_fds = saved
+        report_to(saved[1])
         self._dump_stacks_on_signals()
         # stdout is now a pipe, which Python would block-buffer: print() lines
         # should become records as they are printed, not at exit. And each
@@ -182,6 +207,7 @@ class Capture:
                 reconfigure(line_buffering=True, write_through=False)
         # Our own stream handler must write where stderr really goes, not into the pipe.
         self.original_stderr = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+        self.original_stdout = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
 
     def _dump_stacks_on_signals(self) -> None:
         """A rank stopped by a fatal signal or SIGTERM leaves its Python stack in the pipe, as one record.
@@ -210,11 +236,17 @@ class Capture:
 
     def install(self, handlers: list[logging.Handler]) -> None:
         """The in-process modes, once nvrxlog's handlers exist."""
-        root = logging.getLogger()
         if "logging" in self.modes:
-            for handler in handlers:
-                root.addHandler(handler)
-                self._root_handlers.append(handler)
+            for name, level in self.levels.items():
+                logging.getLogger(name).setLevel(level)  # so records below its own level are made at all
+            self._adoption = Adoption(
+                self.logger,
+                handlers,
+                Thresholds(self.logger.level, self.levels),
+                terminal=self._terminal_for if {"fd", "stdio"} & self.modes else None,
+                report=self._report,
+            )
+            self._adoption.install()
         if "warnings" in self.modes:
             logging.captureWarnings(True)
             logging.getLogger("py.warnings").addFilter(_strip_newline)
@@ -226,15 +258,26 @@ class Capture:
         if "stdio" in self.modes and "fd" not in self.modes:
             out, err = self._saved_streams
             self._writers = [
-                _LineWriter(self.logger, logging.INFO, "<stdout>", out if self.echo else None),
-                _LineWriter(self.logger, logging.WARNING, "<stderr>", err if self.echo else None),
+                _LineWriter(self.logger, logging.INFO, "<stdout>", out if self.echo else None, 1),
+                _LineWriter(self.logger, logging.WARNING, "<stderr>", err if self.echo else None, 2),
             ]
             sys.stdout, sys.stderr = self._writers  # type: ignore[assignment]
+
+    def _terminal_for(self, fd: int) -> io.TextIOBase | None:
+        # With echo, other libraries' terminal handlers print where the terminal really is; without, nowhere.
+        if not self.echo:
+            return None
+        if self._saved_fds is not None:
+            return self.original_stdout if fd == 1 else self.original_stderr
+        return self._saved_streams[0 if fd == 1 else 1]
 
     def uninstall(self) -> None:
         """Restore everything; the helper drains what is left in the pipes before this returns."""
         if os.getpid() != self._owner_pid:
             return
+        if self._adoption is not None:
+            self._adoption.uninstall()
+            self._adoption = None
         for writer in self._writers:
             writer.close_and_emit_rest()
         if self._writers:
@@ -260,6 +303,7 @@ class Capture:
             out, err = self._saved_fds
             os.dup2(out, 1)  # our write ends close: the helper reads to EOF and exits
             os.dup2(err, 2)
+            report_to(2)
             os.close(out)
             os.close(err)
             self._saved_fds = None
@@ -268,5 +312,6 @@ class Capture:
                     self._helper.wait(_HELPER_WAIT_S)
                 except subprocess.TimeoutExpired:
                     pass  # a child still holds the pipe; the helper finishes when it does, on its own
-            if self.original_stderr is not sys.__stderr__:
-                self.original_stderr.close()
+            for stream in (self.original_stderr, self.original_stdout):
+                if stream is not sys.__stderr__ and stream is not sys.__stdout__:
+                    stream.close()

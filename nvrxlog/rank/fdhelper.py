@@ -14,6 +14,7 @@ import selectors
 import signal
 import sys
 
+from nvrxlog.rank.progress import Frames, keep_from_last_frame
 from nvrxlog.rank.tracebacks import Block, LineGrouper
 
 # A traceback's lines arrive together; one whose next line has not come within
@@ -40,6 +41,7 @@ def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
     names = {out_fd: ("<stdout>", logging.INFO, 1), err_fd: ("<stderr>", logging.WARNING, 2)}
     partial = {out_fd: b"", err_fd: b""}
     groupers = {out_fd: LineGrouper(), err_fd: LineGrouper()}
+    frames = {out_fd: Frames(), err_fd: Frames()}
     selector = selectors.DefaultSelector()
     for fd in names:
         os.set_blocking(fd, True)
@@ -56,7 +58,9 @@ def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
             logger.handle(logger.makeRecord(logger.name, block_level, where, line, block.text, None, None))
 
     def take(fd: int, raw: bytes) -> None:
-        emit(fd, groupers[fd].feed(raw.decode("utf-8", "backslashreplace")))
+        text = frames[fd].finished(raw.decode("utf-8", "backslashreplace"))
+        if text is not None:
+            emit(fd, groupers[fd].feed(text))
 
     while open_fds:
         holding = any(groupers[fd].holding for fd in open_fds)
@@ -78,9 +82,15 @@ def _helper_main(out_fd: int, err_fd: int, echo: bool) -> None:
                 emit(fd, groupers[fd].flush())
                 continue
             lines = (partial[fd] + chunk).split(b"\n")
-            partial[fd] = lines.pop()
+            rest = lines.pop()
             for line in lines:
                 take(fd, line)
+            if b"\r" in rest:  # a progress bar: its latest frame now and then, not all of them at the end
+                rest = keep_from_last_frame(rest)
+                frame = frames[fd].unfinished(rest.decode("utf-8", "backslashreplace"))
+                if frame is not None:
+                    emit(fd, groupers[fd].feed(frame))
+            partial[fd] = rest
 
 
 if __name__ == "__main__":

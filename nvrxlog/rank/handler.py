@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import orjson
 
-from nvrxlog.config import LogConfig, sanitize_name
+from nvrxlog.config import LogConfig, current_ranks, sanitize_name
 from nvrxlog.core.record import WriterId
 from nvrxlog.rank.message import MAX_MESSAGE_CHARS, full_message, unformattable
 from nvrxlog.rank.retention import Loss, Retention
@@ -26,6 +26,7 @@ from nvrxlog.rank.tempfiles import TempFiles
 __all__ = ["NodeLocalHandler"]
 
 _QUOTE_CACHE = 1024
+_RANK_LOOK_EVERY_S = 1.0
 
 
 class NodeLocalHandler(SafeHandler):
@@ -71,6 +72,15 @@ class NodeLocalHandler(SafeHandler):
         self._map: mmap.mmap | None = None
         self._seq = 0
         self._quoted: dict[str, bytes] = {}
+        self._fill_template()
+        self.lost_records = 0
+        if None in self._ranks[:2] and "emit" not in vars(self):
+            # Ranks a launcher sets later (Lightning's LOCAL_RANK, torch.distributed's rank) are
+            # looked up once a second until known; then this shadow goes and emit is as before.
+            self._next_look = 0.0
+            self.emit = self._emit_until_ranks_known  # type: ignore[method-assign]
+
+    def _fill_template(self) -> None:
         rank, local_rank, infra_rank, infra_local_rank = self._ranks
         constant = orjson.dumps(
             {
@@ -78,12 +88,25 @@ class NodeLocalHandler(SafeHandler):
                 "local_rank": local_rank,
                 "infra_rank": infra_rank,
                 "infra_local_rank": infra_local_rank,
-                "pid": pid,
+                "pid": self.writer.pid,
             }
         )[1:-1]
         # One record: {"seq","ts","level","file","line", <constant>, "msg"}\n
         self._template = b'{"seq":%d,"ts":%d,"level":%b,"file":%b,"line":%d,' + constant + b',"msg":%b}\n'
-        self.lost_records = 0
+
+    def _emit_until_ranks_known(self, record: logging.LogRecord) -> None:
+        if record.created >= self._next_look:
+            self._next_look = record.created + _RANK_LOOK_EVERY_S
+            try:
+                ranks = current_ranks(self._ranks)
+            except Exception:  # reading the environment must never cost a record
+                ranks = self._ranks
+            if ranks != self._ranks:
+                self._ranks = ranks
+                self._fill_template()
+            if None not in ranks[:2]:
+                del self.emit
+        NodeLocalHandler.emit(self, record)
 
     def _write_slow(self, data: bytes) -> None:
         try:

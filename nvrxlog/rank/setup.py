@@ -17,6 +17,7 @@ from nvrxlog.errors import AggregatorBusyError, ConfigError, NvrxLogError
 from nvrxlog.node.aggregator import NodeAggregator
 from nvrxlog.rank.capture import Capture, parse_capture
 from nvrxlog.rank.excepthook import ExceptHooks
+from nvrxlog.rank.guard import guard_logger
 from nvrxlog.rank.handler import NodeLocalHandler
 from nvrxlog.rank.safe import AppendFileHandler, SafeStreamHandler
 from nvrxlog.rank.watchdog import AggregatorWatch
@@ -97,19 +98,20 @@ def setup_logger(
         _state.config = config
         logger.setLevel(logging.DEBUG if config.debug else logging.INFO)
         logger.propagate = False  # the root logger's handlers would print every line twice
+        logger.disabled = False  # a dictConfig before this call (disable_existing_loggers) switched it off
 
         try:
             modes = parse_capture(capture if capture is not None else config.capture)
         except ConfigError as exc:
             _report_once(f"capture is off: {exc}")
             modes = frozenset()
-        grabber = Capture(logger, modes) if modes else None
+        grabber = Capture(logger, modes, levels=dict(config.levels), report=_tell) if modes else None
         if grabber is not None:
             try:
                 grabber.install_fds()
             except OSError as exc:
                 _report_once(f"fd capture is off: {exc}")
-                grabber = Capture(logger, modes - {"fd"})
+                grabber = Capture(logger, modes - {"fd"}, levels=dict(config.levels), report=_tell)
             _state.capture = grabber
         stderr = grabber.original_stderr if grabber is not None else sys.stderr
 
@@ -135,6 +137,7 @@ def setup_logger(
                 _add(logger, shared)
             except OSError as exc:
                 _report_once(f"cannot open log_file {log_file}: {exc.strerror}; not writing it")
+        guard_logger(logger)
         _state.configured = True
         if grabber is not None:
             grabber.install(list(_state.handlers))
@@ -237,6 +240,12 @@ def running_aggregator() -> NodeAggregator | None:
 
 def _report_once(text: str) -> None:
     _errors.once(text)
+
+
+def _tell(text: str) -> None:
+    """Once on the terminal and once in the node's file: something the user must know about their set-up."""
+    if _errors.once(text):
+        logging.getLogger(LOGGER_NAME).warning("nvrxlog: %s", text)
 
 
 @atexit.register
