@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import subprocess
@@ -14,6 +15,7 @@ from conftest import child_env, parse_text_records
 
 from nvrxlog import NodeAggregator, TmpDirError, setup_logger
 from nvrxlog.rank.handler import NodeLocalHandler
+from nvrxlog.rank.safe import MAX_DEFERRED
 
 
 @pytest.fixture
@@ -70,28 +72,77 @@ def test_filter_that_logs_does_not_recurse(node_local: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(30)
-def test_deep_reentry_is_dropped_and_reported_once(
+def test_reentry_is_written_after_its_record_and_a_loop_is_cut_and_reported_once(
     node_local: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """A message whose str() logs a message whose str() logs again: the third level is dropped, reported once."""
+    """A message whose str() logs (and so on): each such record written once, after its cause; a loop is cut."""
     log = setup_logger()
 
     class Nested:
-        def __init__(self, depth: int) -> None:
-            self.depth = depth
+        def __init__(self, depth: int, limit: int) -> None:
+            self.depth, self.limit = depth, limit
 
         def __str__(self) -> str:
-            if self.depth < 5:
-                log.info("%s", Nested(self.depth + 1))
+            if self.depth < self.limit:
+                log.info("%s", Nested(self.depth + 1, self.limit))
             return f"level {self.depth}"
 
     for _ in range(20):
-        log.info("%s", Nested(0))
+        log.info("%s", Nested(0, 5))
+    log.info("%s", Nested(0, 10_000))  # a loop in all but name: cut, never RecursionError
     log.info("still fine")
     msgs = [r["msg"] for r in _aggregate(node_local, tmp_path / "logs")]
-    assert msgs.count("level 0") == 20 and msgs.count("level 1") == 20 and "level 2" not in msgs
+    assert msgs[: 20 * 6] == [f"level {d}" for _ in range(20) for d in range(6)]
+    assert msgs[20 * 6 : -1] == [f"level {d}" for d in range(MAX_DEFERRED + 1)]
     assert msgs[-1] == "still fine"
-    assert capfd.readouterr().err.count("logged while logging was dropped") == 1
+    assert capfd.readouterr().err.count("logged while logging was dropped (a loop)") == 1
+
+
+@pytest.mark.timeout(120)
+def test_records_logged_by_signal_handlers_and_finalizers_inside_emit_are_all_kept(
+    node_local: Path, tmp_path: Path
+) -> None:
+    """A 1 kHz signal handler and __del__ finalizers that log while the loop logs: every record exactly once."""
+    import gc
+    import signal
+
+    log = setup_logger()
+    ticks = itertools.count()  # next() is one C call: a handler interrupting a handler takes its own number
+
+    def on_alarm(signum: int, frame: object) -> None:
+        log.info("tick %d", next(ticks))
+
+    class Resource:
+        made = 0
+
+        def __init__(self) -> None:
+            self.me = self  # a cycle: the cyclic GC runs __del__, possibly inside an emit
+            self.n = Resource.made
+            Resource.made += 1
+
+        def __del__(self) -> None:
+            log.info("freed %d", self.n)
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    gc_threshold = gc.get_threshold()
+    gc.set_threshold(50)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    try:
+        for i in range(100_000):
+            log.info("main %d", i)
+            if i % 10 == 0:
+                Resource()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        gc.collect()
+        gc.set_threshold(*gc_threshold)
+    msgs = [r["msg"] for r in _aggregate(node_local, tmp_path / "logs")]
+    assert [m for m in msgs if m.startswith("main ")] == [f"main {i}" for i in range(100_000)]
+    sent = next(ticks)
+    assert sorted(int(m.split()[1]) for m in msgs if m.startswith("tick ")) == list(range(sent))
+    assert sorted(int(m.split()[1]) for m in msgs if m.startswith("freed ")) == list(range(Resource.made))
+    assert sent > 100, "the signal must really have interrupted the loop"
 
 
 @pytest.mark.timeout(30)

@@ -188,6 +188,8 @@ class NodeLocalHandler(SafeHandler):
 
     def close(self) -> None:
         with self.lock:  # type: ignore[union-attr]
+            if self._deferred and not self._busy:
+                self._write_deferred()
             try:
                 self._files.close()
             except OSError:

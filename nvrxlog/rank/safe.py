@@ -14,14 +14,23 @@ from nvrxlog.core.report import ErrorCounter, describe
 
 __all__ = ["SafeHandler", "SafeStreamHandler", "AppendFileHandler"]
 
+# How many records logged while logging (by a filter, a message's str(), a
+# signal handler or a finalizer run inside emit) one record may bring along;
+# past that it is a loop, and the rest are dropped and counted.
+MAX_DEFERRED = 100
+
+
 class SafeHandler(logging.Handler):
     """A handler whose failures are counted and reported once per cause.
 
     Filters run under the handler's lock, so a filter, formatter or message
-    that logs re-enters ``handle`` on the same thread and is caught by a depth
-    counter instead of recursing until ``RecursionError``: a record logged
-    while logging is written once (filters skipped), deeper ones are dropped
-    and counted.
+    that logs re-enters ``handle`` on the same thread; so does a signal
+    handler or a finalizer (``__del__``) that logs and happens to run inside
+    ``emit``. Writing such a record at once would cut into the record being
+    written (its sequence number is taken, its bytes not yet copied), so it
+    is queued and written right after it, filters skipped (they may be what
+    logged it). A chain longer than ``MAX_DEFERRED`` is a loop: the rest is
+    dropped and counted, never ``RecursionError``.
     """
 
     def __init__(self, level: int = logging.NOTSET) -> None:
@@ -29,21 +38,19 @@ class SafeHandler(logging.Handler):
         self._safe_init()
 
     def _safe_init(self) -> None:
-        self._depth = 0
+        self._busy = False
+        self._deferred: list[logging.LogRecord] = []
         self.errors = ErrorCounter(type(self).__name__)
         forks.register(self)
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         with self.lock:  # type: ignore[union-attr]
-            depth = self._depth
-            if depth > 1:
-                self.errors.report("recursion", "a record logged while logging was dropped")
-                return False
-            self._depth = depth + 1
+            if self._busy:
+                self._deferred.append(record)
+                return True
+            self._busy = True
             try:
-                # Nested once (a filter, formatter or message logged): keep the
-                # record but skip the filters, which are what logged it.
-                if not depth and self.filters:
+                if self.filters:
                     result = self.filter(record)
                     if not result:
                         return False
@@ -51,8 +58,25 @@ class SafeHandler(logging.Handler):
                         record = result
                 self.emit(record)
             finally:
-                self._depth = depth
+                try:
+                    self._write_deferred()
+                finally:
+                    self._busy = False
         return True
+
+    def _write_deferred(self) -> None:
+        # Also what a signal queued while the record was being filtered or
+        # written. (One that lands after this loop and before _busy is reset
+        # waits for the next record or close().)
+        deferred = self._deferred
+        budget = MAX_DEFERRED
+        while deferred:
+            record = deferred.pop(0)
+            if budget <= 0:
+                self.errors.report("recursion", "a record logged while logging was dropped (a loop)")
+                continue
+            budget -= 1
+            self.emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
@@ -68,7 +92,8 @@ class SafeHandler(logging.Handler):
         the child that thread does not exist and would never release it.
         """
         self.lock = threading.RLock()
-        self._depth = 0
+        self._busy = False
+        self._deferred = []
         self.errors.reinit_after_fork()
 
 
