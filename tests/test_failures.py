@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import child_env, parse_text_records
+from conftest import child_env, node_records, parse_text_records, run_script
 
 from nvrxlog import NodeAggregator, TmpDirError, setup_logger
 from nvrxlog.rank.handler import NodeLocalHandler
@@ -267,3 +267,66 @@ def test_lone_surrogates_in_a_message_are_escaped_not_dropped(node_local: Path, 
     msgs = [r["msg"] for r in _aggregate(node_local, tmp_path / "logs")]
     assert msgs == ["opening caf\\udce9.txt", "after"]
     assert not handler.errors.counts
+
+
+@pytest.mark.timeout(120)
+def test_force_reset_while_another_thread_logs_loses_nothing(node_local: Path, tmp_path: Path) -> None:
+    """200 setup_logger(force_reset=True) calls while a thread logs: every record of the thread arrives once."""
+    import threading
+
+    log = setup_logger()
+    stop = threading.Event()
+    sent = [0]
+
+    def work() -> None:
+        while not stop.is_set():
+            log.info("t %d", sent[0])
+            sent[0] += 1
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    try:
+        for _ in range(200):
+            setup_logger(force_reset=True)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    setup_logger(force_reset=True)  # the last writer closed too: everything is final
+    msgs = [r["msg"] for r in _aggregate(node_local, tmp_path / "logs")]
+    got = sorted(int(m.split()[1]) for m in msgs if m.startswith("t "))
+    assert got == list(range(sent[0])) and sent[0] > 200
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["thread", "external"])
+def test_a_record_logged_by_an_atexit_handler_after_the_drain_still_arrives(tmp_path: Path, mode: str) -> None:
+    """A library whose atexit handler runs after nvrxlog's drain logs its goodbye: it reaches the node file."""
+    code = """
+    import atexit, logging
+    atexit.register(lambda: logging.getLogger("nvrx").warning("goodbye from an atexit handler"))
+    from nvrxlog import setup_logger  # registers its drain after the library's: it runs first
+    setup_logger(capture="warnings").info("working")
+    """
+    if mode == "external":
+        service = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nvrxlog",
+                "aggregate",
+                "--tmp-dir",
+                str(tmp_path / "tmp"),
+                "--node-id",
+                "node001",
+                "--log-dir",
+                str(tmp_path / "logs"),
+                "--until-idle",
+            ],
+            env=child_env(),
+        )
+    result = run_script(tmp_path, code, NVRX_LOG_AGGREGATOR=mode)
+    assert result.returncode == 0, result.stderr
+    assert [r["msg"] for r in node_records(tmp_path, 2)] == ["working", "goodbye from an atexit handler"]
+    if mode == "external":
+        service.terminate()
+        service.wait(timeout=30)

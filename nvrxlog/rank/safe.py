@@ -78,6 +78,13 @@ class SafeHandler(logging.Handler):
             budget -= 1
             self.emit(record)
 
+    def close_into(self, successor: SafeHandler | None) -> None:
+        """Close, and hand any record that still reaches this handler to ``successor`` (set-up again)."""
+        with self.lock:  # type: ignore[union-attr]
+            self.close()
+            if successor is not None:
+                self.handle = successor.handle  # type: ignore[method-assign]
+
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
         cause = type(exc).__name__

@@ -19,8 +19,8 @@ from nvrxlog.rank.capture import Capture, parse_capture
 from nvrxlog.rank.excepthook import ExceptHooks
 from nvrxlog.rank.guard import guard_logger
 from nvrxlog.rank.handler import NodeLocalHandler
-from nvrxlog.rank.safe import AppendFileHandler, SafeStreamHandler
-from nvrxlog.rank.watchdog import AggregatorWatch
+from nvrxlog.rank.safe import AppendFileHandler, SafeHandler, SafeStreamHandler
+from nvrxlog.rank.watchdog import AggregatorWatch, start_if_absent
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.endpoint import check_endpoint
 
@@ -43,6 +43,8 @@ class _State:
         self.reported: set[str] = set()
         # False in the fd helper: it is one more writer of its rank's node, never its host.
         self.may_host = True
+        self.tmp_dir: str | None = None  # node-local mode's tmpdir
+        self.successor: list[str] | None = None  # thread mode: how to start an aggregator for it
 
     def after_fork_in_child(self) -> None:
         global _lock
@@ -93,7 +95,13 @@ def setup_logger(
     with _lock:
         if _state.configured and not force_reset:
             return logger
-        _teardown(logger)
+        # The old handlers keep taking records until the new ones replace them
+        # in one assignment: a thread logging meanwhile loses nothing.
+        watch = _stop_capture_and_hooks()
+        if watch is not None:
+            watch.stop()
+        aggregator, _state.aggregator = _state.aggregator, None
+        old_handlers, _state.handlers = _state.handlers, []
         config = LogConfig.from_env()
         _state.config = config
         logger.setLevel(logging.DEBUG if config.debug else logging.INFO)
@@ -129,14 +137,16 @@ def setup_logger(
             handler = SafeStreamHandler(sys.stdout if config.to_stdout else stderr)
             handler.setFormatter(RankFormatter(config))
         if handler is not None:
-            _add(logger, handler)
+            _state.handlers.append(handler)  # attached, with the others, by _swap_handlers
         if log_file is not None:
             try:
                 shared = AppendFileHandler(log_file)
                 shared.setFormatter(RankFormatter(config, rank_prefix=True))
-                _add(logger, shared)
+                _state.handlers.append(shared)
             except OSError as exc:
                 _report_once(f"cannot open log_file {log_file}: {exc.strerror}; not writing it")
+        _swap_handlers(logger, old_handlers, _state.handlers)
+        _retire(old_handlers, _state.handlers, aggregator, at_exit=False)
         guard_logger(logger)
         _state.configured = True
         if grabber is not None:
@@ -146,6 +156,8 @@ def setup_logger(
             _state.hooks = ExceptHooks(logger, lambda: _state.capture.terminal() if _state.capture else None)
             _state.hooks.install()
 
+        _state.tmp_dir = tmp_dir or None
+        _state.successor = None
         if tmp_dir and config.aggregator == "thread":
             _start_aggregator(tmp_dir, config, host=_state.may_host and config.node_local_rank in (0, None))
         for problem in config.problems:
@@ -156,11 +168,6 @@ def setup_logger(
                     _report_once(f"configuration: {problem}")
                 logger.warning("nvrxlog configuration: %s", problem)
     return logger
-
-
-def _add(logger: logging.Logger, handler: logging.Handler) -> None:
-    logger.addHandler(handler)
-    _state.handlers.append(handler)
 
 
 def _start_aggregator(tmp_dir: str, config: LogConfig, *, host: bool) -> None:
@@ -178,6 +185,7 @@ def _start_aggregator(tmp_dir: str, config: LogConfig, *, host: bool) -> None:
     if config.curve_server_key and config.curve_client_key:
         curve = CurveKeys(server_public=config.curve_server_key, client_secret=config.curve_client_key)
     aggregator = NodeAggregator(tmp_dir, config.log_dir, config.node_id, streamer, curve=curve)
+    _state.successor = aggregator.successor_command()
     if host:
         try:
             aggregator.start()
@@ -188,37 +196,84 @@ def _start_aggregator(tmp_dir: str, config: LogConfig, *, host: bool) -> None:
         except NvrxLogError as exc:
             _report_once(f"the node aggregator could not start: {exc}; records stay in {tmp_dir}")
     # Not the host: watch that the node keeps an aggregator when its host is gone.
-    _state.watch = AggregatorWatch(tmp_dir, aggregator.successor_command(), local_rank=config.node_local_rank)
+    _state.watch = AggregatorWatch(tmp_dir, _state.successor, local_rank=config.node_local_rank)
 
 
-def _teardown(logger: logging.Logger, *, at_exit: bool = False) -> None:
+def _stop_capture_and_hooks() -> AggregatorWatch | None:
+    """Uninstall the hooks and capture (the fd helper drains its pipes into records); return the watch."""
     hooks, _state.hooks = _state.hooks, None
     if hooks is not None:
         hooks.uninstall()
-    watch, _state.watch = _state.watch, None
-    if watch is not None:
-        watch.stop()  # at exit: a last look, once this process's records are all in its files
-    # Capture first: the fd helper drains what is still in the pipes into
-    # records before the aggregator's last drain.
     grabber, _state.capture = _state.capture, None
     if grabber is not None:
         grabber.uninstall()
-    aggregator = _state.aggregator
-    _state.aggregator = None
-    for handler in _state.handlers:
-        logger.removeHandler(handler)
-        handler.close()
+    watch, _state.watch = _state.watch, None
+    return watch
+
+
+def _swap_handlers(logger: logging.Logger, old: list[logging.Handler], new: list[logging.Handler]) -> None:
+    # One assignment: there is no moment when the logger has neither (another thread may be logging).
+    logger.handlers = [h for h in logger.handlers if h not in old] + new
+
+
+def _retire(
+    old: list[logging.Handler], new: list[logging.Handler], aggregator: NodeAggregator | None, *, at_exit: bool
+) -> None:
+    """Close the replaced handlers, then stop the aggregator that served them."""
+    for handler in old:
+        # A thread that picked the old handler just before the swap still reaches the new one.
+        successor = next((h for h in new if type(h) is type(handler)), None)
+        if isinstance(handler, SafeHandler):
+            handler.close_into(successor if isinstance(successor, SafeHandler) else None)
+        else:
+            handler.close()
         if aggregator is not None and isinstance(handler, NodeLocalHandler):
             aggregator.writer_closed(handler.writer)
-    _state.handlers.clear()
     if aggregator is not None:
         # At exit the node's other writers may go on: a successor takes over
         # rather than this process waiting for them (or for the network).
         exit_wait = _state.config.exit_wait if _state.config is not None else None
         aggregator.stop(drain=True, timeout=exit_wait if at_exit else None, hand_over=at_exit)
+
+
+def _teardown(logger: logging.Logger, *, at_exit: bool = False) -> None:
+    watch = _stop_capture_and_hooks()
+    if watch is not None:
+        watch.stop()
+    aggregator, _state.aggregator = _state.aggregator, None
+    old, _state.handlers = _state.handlers, []
+    late = _late_writer() if at_exit else None
+    _swap_handlers(logger, old, [late] if late is not None else [])
+    _retire(old, [late] if late is not None else [], aggregator, at_exit=at_exit)
     if watch is not None and at_exit:
         watch.last_look()
     _state.configured = False
+
+
+def _late_writer() -> NodeLocalHandler | None:
+    """At exit, after the last drain: a writer for what atexit handlers that run after ours still log.
+
+    It costs nothing unless one does; its first record makes sure an
+    aggregator will take it (a successor, if none serves the node).
+    """
+    tmp_dir, config = _state.tmp_dir, _state.config
+    if tmp_dir is None or config is None:
+        return None
+    try:
+        handler = NodeLocalHandler(tmp_dir, config)
+    except (NvrxLogError, OSError):
+        return None
+    command = _state.successor
+    errors = ErrorCounter("setup_logger")
+
+    def first(record: logging.LogRecord) -> None:
+        vars(handler).pop("emit", None)
+        handler.emit(record)
+        if command is not None:
+            start_if_absent(tmp_dir, command, errors)
+
+    handler.emit = first  # type: ignore[method-assign]
+    return handler
 
 
 def never_host() -> None:
