@@ -28,6 +28,7 @@ from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
+from nvrxlog.node.forwarding import Forwarding
 from nvrxlog.node.merge import HoldBack
 from nvrxlog.node.scanner import TmpDirScanner
 from nvrxlog.node.tail import WriterTail, writer_is_dead
@@ -107,7 +108,7 @@ class NodeAggregator(Service):
         self._idle_s = idle_interval
         self._busy_s = busy_interval
         self._ckpt_ns = int(checkpoint_interval * 1e9)
-        self._forwarder: Forwarder | None = None
+        self._forwarding: Forwarding | None = None
         self._forward_options = {"spool_max_bytes": spool_max_bytes, "warn_after": warn_after, "curve": curve}
         self._drain_timeout = drain_timeout
         self._notice_key = f"aggregator.{time.time_ns()}"
@@ -157,21 +158,17 @@ class NodeAggregator(Service):
         self._lock.take(self.tmp_dir)
         try:
             self._recover()
-            if self.streamer:
-                from nvrxlog.wire.forwarder import Forwarder  # ZeroMQ only where forwarding is used
-
-                curve = self._forward_options["curve"]
-                if curve is not None:
-                    curve.load()  # a key problem is a clear error now, not a dead thread later
-
-                spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
-                self._forwarder = Forwarder(
-                    self.streamer, self.node_id, spool, notice=self._notice, **self._forward_options
-                ).start()
         except BaseException:
             self._output.close()
             self._lock.release()
             raise
+        if self.streamer:
+            # Forwarding is optional: a problem with it is reported, the per-node file goes on.
+            spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
+            self._forwarding = Forwarding(
+                self.streamer, self.node_id, spool, notice=self._notice, errors=self.errors, **self._forward_options
+            )
+            self._forwarding.start()
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-aggregator-{self.node_id}", daemon=True)
         self._thread.start()
         self.started.set()
@@ -211,11 +208,15 @@ class NodeAggregator(Service):
                 successor = self._spawn_successor()
         if finished and successor is None and (hand_over or last):
             self.note_left_behind()
-        forwarder, self._forwarder = self._forwarder, None
-        if forwarder is not None:
+        forwarding, self._forwarding = self._forwarding, None
+        forwarder, undelivered = None, 0
+        if forwarding is not None:
             # Everything written is spooled. A successor resends what is not
             # acknowledged yet; without one, wait a bounded time for the streamer.
-            undelivered = forwarder.stop(0.2 if successor is not None else self._drain_timeout if drain else 0.0)
+            forwarder, undelivered = forwarding.stop(
+                0.2 if successor is not None else self._drain_timeout if drain else 0.0
+            )
+        if forwarder is not None:
             self.stats["undelivered"] = undelivered
             if undelivered and successor is None:
                 self.errors.report(
@@ -281,6 +282,10 @@ class NodeAggregator(Service):
             self._notice(self._output.problem)
         self.stats["recovered_bytes_cut"] += self._output.cut
 
+    @property
+    def _forwarder(self) -> Forwarder | None:
+        return self._forwarding.forwarder if self._forwarding is not None else None
+
     # -- the loop --------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -338,6 +343,8 @@ class NodeAggregator(Service):
 
     def _cycle(self, *, final: bool) -> bool:
         now = time.time_ns()
+        if self._forwarding is not None:
+            self._forwarding.check(time.monotonic())
         self._scan(now, force=final)
         batch: list[tuple] = []
         read = 0

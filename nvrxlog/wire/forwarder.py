@@ -102,6 +102,11 @@ class Forwarder:
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        """True while the forwarding thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, records: list, watermark: int) -> None:
         """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
         batches = [records[i : i + MAX_BATCH_RECORDS] for i in range(0, len(records), MAX_BATCH_RECORDS)]
