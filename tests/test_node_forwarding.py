@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _net import free_port
-from conftest import node_env, parse_text_records, run_worker
+from _net import assert_exactly_once, free_port, json_lines, rank_env
+from conftest import fill_disk, mounted_tmpfs, node_env, parse_text_records, run_worker, wait_for
 
+from nvrxlog import NodeAggregator, Streamer
 from nvrxlog.node.forwarding import restart_delay
 
 
@@ -51,3 +52,66 @@ def test_spool_dir_that_cannot_be_created_reports_once_and_the_node_file_is_comp
     said = [line for line in err if "cannot start forwarding" in line]
     assert len(said) == 1 and ".nvrx_spool_node001" in said[0], err
     assert not any("Traceback" in line for line in err), err
+
+
+def _lines(path: Path) -> list[dict]:
+    """The JSON records in ``path`` so far (none while it does not exist)."""
+    return json_lines(path) if path.exists() else []
+
+
+def _log(tmp: Path, rank: int, count: int) -> None:
+    """Run one simulated rank of node n1 (external aggregator) that logs ``count`` records and exits."""
+    result = run_worker("--count", count, env=rank_env(tmp, "n1", rank, rank))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_log_dir_full_when_acks_arrive_forwarding_goes_on_once_space_returns(tmp_path: Path) -> None:
+    """Acks arrive while the log dir (a tiny tmpfs) is full: once space returns the cluster file gets everything."""
+    tmp, cluster = tmp_path / "tmp", tmp_path / "cluster.log"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with mounted_tmpfs(tmp_path / "logs", "1m") as logs:
+        aggregator = NodeAggregator(str(tmp), str(logs), "n1", endpoint, json=True, warn_after=60).start()
+        try:
+            _log(tmp, 0, 200)
+            # Spooled while the streamer is not there yet, so its acks come after the disk is full.
+            wait_for(lambda: aggregator._forwarder.spool.unacked == 200, what="200 records spooled")
+            filler = fill_disk(logs)
+            with Streamer(endpoint, str(cluster), json=True):
+                wait_for(lambda: aggregator._forwarder.spool.acked >= 1, what="the first ack")
+                filler.unlink()
+                _log(tmp, 1, 200)
+                wait_for(lambda: len(_lines(cluster)) >= 400, what="every record in the cluster file")
+                aggregator.stop()
+                assert aggregator.stats["undelivered"] == 0
+        finally:
+            aggregator.stop()
+        node = json_lines(logs / "nvrx_log_n1.log")
+    records = json_lines(cluster)
+    assert_exactly_once(records, {("n1", 0): 200, ("n1", 1): 200})
+    notes = [r["msg"] for r in node if "acknowledged position" in r["msg"]]
+    assert len(notes) == 2 and "cannot save" in notes[0] and "saved again" in notes[1], notes
+
+
+@pytest.mark.timeout(120)
+def test_forwarder_whose_thread_died_is_restarted_and_later_records_arrive(tmp_path: Path) -> None:
+    """Spool segments deleted by hand kill the forwarder's thread: it is restarted, and what follows arrives."""
+    tmp, logs, cluster = tmp_path / "tmp", tmp_path / "logs", tmp_path / "cluster.log"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with NodeAggregator(str(tmp), str(logs), "n1", endpoint, json=True, warn_after=60) as aggregator:
+        _log(tmp, 0, 100)
+        first = aggregator._forwarder
+        wait_for(lambda: first.spool.unacked == 100, what="100 records spooled")
+        for segment in (logs / ".nvrx_spool_n1").glob("seg-*"):
+            segment.unlink()  # as someone freeing a full disk might
+        with Streamer(endpoint, str(cluster), json=True):
+            wait_for(lambda: first.failure is not None, what="the forwarder's thread to die")
+            wait_for(lambda: aggregator._forwarder is not first, what="a new forwarder")
+            _log(tmp, 1, 100)
+            wait_for(lambda: len(_lines(cluster)) >= 100, what="the later records in the cluster file")
+            aggregator.stop()
+    records = json_lines(cluster)
+    assert_exactly_once([r for r in records if r["rank"] == 1], {("n1", 1): 100})
+    msgs = [r["msg"] for r in json_lines(logs / "nvrx_log_n1.log")]
+    assert sum("stopped" in m and "retrying" in m for m in msgs) == 1, msgs
+    assert sum(m.endswith("restarted") for m in msgs) == 1, msgs

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import orjson
+import pytest
+from conftest import fill_disk, mounted_tmpfs
 
 from nvrxlog.wire.spool import Spool
 
@@ -55,3 +58,20 @@ def test_a_restart_resumes_after_the_acknowledged_batches(tmp_path: Path) -> Non
     assert seqs == list(range(13, 31))
     assert again.append([{"seq": 0, "ts": 0, "msg": "new"}], watermark=0)[0] == 31
     again.close()
+
+
+@pytest.mark.timeout(30)
+def test_ack_on_a_full_disk_is_kept_in_memory_and_saved_once_space_returns(tmp_path: Path) -> None:
+    """ENOSPC saving the acked position: ack returns the error, the position holds in memory, a retry saves it."""
+    with mounted_tmpfs(tmp_path / "fs", "256k") as fs:
+        spool = Spool(str(fs / "spool"), max_bytes=1 << 20)
+        _fill(spool, 10)
+        filler = fill_disk(fs)
+        problem = spool.ack(6)
+        assert isinstance(problem, OSError) and problem.errno == errno.ENOSPC
+        assert spool.acked == 6 and spool.acked_unsaved and spool.unacked == 4
+        assert isinstance(spool.save_acked(), OSError)
+        filler.unlink()
+        assert spool.save_acked() is None and not spool.acked_unsaved
+        spool.close()
+        assert Spool(str(fs / "spool")).acked == 6

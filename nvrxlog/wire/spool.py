@@ -56,6 +56,7 @@ class Spool:
         self._lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
         self.acked = self._load_acked()
+        self._saved_acked: int | None = self.acked  # what the file holds (None: unknown)
         self._segments: dict[int, _Segment] = {}  # by the seq of the segment's first batch
         self.next_seq = self.acked + 1
         for name in sorted(os.listdir(directory)):
@@ -170,21 +171,47 @@ class Spool:
         starts = sorted(first for first, s in self._segments.items() if s.last >= seq)
         return (starts[0], 0) if starts else None
 
-    def ack(self, seq: int) -> None:
-        """Everything up to ``seq`` is durable at the streamer: free its segments."""
+    def ack(self, seq: int) -> OSError | None:
+        """Everything up to ``seq`` is durable at the streamer: free its segments, save the position.
+
+        Returns the error if the position could not be saved (a full disk):
+        it is kept in memory, so forwarding goes on, and ``save_acked``
+        retries. Until it is saved a restart resends those batches, which the
+        streamer drops as duplicates: nothing is lost, nothing doubled.
+        """
         with self._lock:
-            if seq <= self.acked:
-                return
-            self.acked = min(seq, self.next_seq - 1)
-            for first in sorted(self._segments):
-                segment = self._segments[first]
-                if segment.last <= self.acked and first != self._current:
-                    del self._segments[first]
-                    os.unlink(segment.path)
-            tmp = os.path.join(self.directory, f"{_ACKED}.tmp")
+            if seq > self.acked:
+                self.acked = min(seq, self.next_seq - 1)
+                for first in sorted(self._segments):
+                    segment = self._segments[first]
+                    if segment.last <= self.acked and first != self._current:
+                        del self._segments[first]
+                        _unlink(segment.path)  # first: it frees the space the save may need
+                self._saved_acked = None
+            return self._save_acked()
+
+    def save_acked(self) -> OSError | None:
+        """Retry saving an acknowledged position that could not be saved; the error if it still cannot."""
+        with self._lock:
+            return self._save_acked()
+
+    @property
+    def acked_unsaved(self) -> bool:
+        """True while the acknowledged position in memory is ahead of the one on disk."""
+        return self._saved_acked != self.acked
+
+    def _save_acked(self) -> OSError | None:
+        if self._saved_acked == self.acked:
+            return None
+        tmp = os.path.join(self.directory, f"{_ACKED}.tmp")
+        try:
             with open(tmp, "w") as f:
                 f.write(str(self.acked))
             os.replace(tmp, os.path.join(self.directory, _ACKED))
+        except OSError as exc:
+            return exc
+        self._saved_acked = self.acked
+        return None
 
     @property
     def unacked(self) -> int:
@@ -228,8 +255,9 @@ class Spool:
             if self._rfile is not None:
                 self._rfile.close()
                 self._rfile = None
+            self._save_acked()  # a last try; if it fails the next run resends, deduplicated
             for first in [f for f, s in self._segments.items() if s.last <= self.acked]:
-                os.unlink(self._segments.pop(first).path)
+                _unlink(self._segments.pop(first).path)
 
     # -- recovery -------------------------------------------------------------------
 
@@ -262,6 +290,14 @@ class Spool:
             return
         self._segments[first] = _Segment(path, size, last, counts)
         self.next_seq = max(self.next_seq, last + 1)
+
+
+def _unlink(path: str) -> None:
+    # A segment someone deleted by hand (to free a full disk) is as good as freed.
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _seq_of(line: bytes) -> int | None:
