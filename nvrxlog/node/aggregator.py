@@ -48,6 +48,16 @@ _LEVEL = itemgetter("level")
 _DEAD_CHECK_NS = 1_000_000_000
 
 
+def checkpoint_due(*, final: bool, unsaved: bool, since_ns: int, interval_ns: int) -> bool:
+    """Whether to checkpoint now: always at the final drain, else when something is unsaved and the interval passed.
+
+    "Unsaved" is records written since the last checkpoint, or a writer found
+    dead: its finished files are deleted only by a checkpoint, so waiting for
+    the next record would keep them (in /dev/shm: RAM) as long as the node is quiet.
+    """
+    return final or (unsaved and since_ns >= interval_ns)
+
+
 def node_log_path(log_dir: str, node_id: str) -> str:
     """Where the per-node file of ``node_id`` lives."""
     return os.path.join(log_dir, f"nvrx_log_{sanitize_name(node_id)}.log")
@@ -135,6 +145,7 @@ class NodeAggregator(Service):
         self._notices: deque[tuple[str, int | None]] = deque()  # the forwarder's thread adds too
         self._notice_seq = 0
         self._last_ckpt = 0
+        self._unsaved = False  # see checkpoint_due
         self._failure: BaseException | None = None
         forks.register(self)
 
@@ -359,6 +370,7 @@ class NodeAggregator(Service):
                 tail.checked_at = now
                 if tail.key in self._closed_writers or writer_is_dead(tail.writer):
                     tail.dead = True
+                    self._unsaved = True
                     read += tail.poll(batch)
             if tail.more:
                 # Unread records of this writer may be older than what other
@@ -373,7 +385,9 @@ class NodeAggregator(Service):
         if self._forwarder is not None:
             # Everything up to the cutoff is out; held (or put back) records are not.
             self._forwarder.watermark = handed_over(cutoff, self._held.oldest, now)
-        if final or (ready and now - self._last_ckpt >= self._ckpt_ns):
+        if checkpoint_due(
+            final=final, unsaved=self._unsaved, since_ns=now - self._last_ckpt, interval_ns=self._ckpt_ns
+        ):
             self._checkpoint(now)
         return bool(read)
 
@@ -431,6 +445,7 @@ class NodeAggregator(Service):
         self.levels.update(levels)
         self.stats["records"] += len(ready)
         self.stats["bytes"] += len(data)
+        self._unsaved = True
         if self._forwarder is not None:
             # Spooled before the checkpoint that covers these records, so a
             # kill -9 in between re-sends (deduplicated) rather than loses.
@@ -447,6 +462,7 @@ class NodeAggregator(Service):
             self.errors.report("checkpoint", f"cannot save checkpoint: {exc.strerror}")
             return  # files are kept until a checkpoint covers them
         self._last_ckpt = now
+        self._unsaved = False
         for key, tail in list(self._tails.items()):
             tail.release(tail.emitted_seq)
             if tail.done:
