@@ -28,6 +28,7 @@ from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
+from nvrxlog.node.backlog import MAX_HELD_RECORDS, PROBE_RECORDS, backlog_paused, tails_to_read
 from nvrxlog.node.forwarding import Forwarding
 from nvrxlog.node.merge import HoldBack
 from nvrxlog.node.scanner import TmpDirScanner
@@ -72,6 +73,8 @@ class NodeAggregator(Service):
     With ``exit_when_idle`` (a successor) it stops by itself once every
     writer on the node is gone and everything is written and delivered;
     ``lock_wait`` is how long ``start()`` waits for the tmpdir's lock.
+    While the per-node file cannot be written, reading stops once
+    ``max_held`` records wait in memory (see ``node/backlog.py``).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class NodeAggregator(Service):
         curve: CurveKeys | None = None,
         exit_when_idle: bool = False,
         lock_wait: float = 1.0,
+        max_held: int = MAX_HELD_RECORDS,
     ) -> None:
         if merge_window < 0 or idle_interval <= 0 or busy_interval < 0 or checkpoint_interval < 0:
             raise ConfigError("intervals and the merge window must not be negative")
@@ -146,6 +150,9 @@ class NodeAggregator(Service):
         self._notice_seq = 0
         self._last_ckpt = 0
         self._unsaved = False  # see checkpoint_due
+        self._max_held = max_held
+        self._write_failing = False  # the last write of the per-node file failed
+        self._read_all_at = 0  # when every tail was last polled
         self._failure: BaseException | None = None
         forks.register(self)
 
@@ -294,6 +301,11 @@ class NodeAggregator(Service):
         self.stats["recovered_bytes_cut"] += self._output.cut
 
     @property
+    def backlog(self) -> int:
+        """Records read from the temp files but not yet in the per-node file."""
+        return len(self._held)
+
+    @property
     def _forwarder(self) -> Forwarder | None:
         return self._forwarding.forwarder if self._forwarding is not None else None
 
@@ -311,7 +323,8 @@ class NodeAggregator(Service):
                     delay = self._idle_s
                 delay = self._busy_s if got else min(max(delay * 2, 0.001), self._idle_s)
                 wait = delay
-                if self._held:
+                # While writes fail, held records are overdue: retry at the idle pace, not at once.
+                if self._held and not self._write_failing:
                     due = (self._held.oldest + self._window_ns - time.time_ns()) / 1e9
                     wait = min(wait, max(due, 0.0005))
                 self._wake.wait(wait)
@@ -321,7 +334,8 @@ class NodeAggregator(Service):
             if self._drain:
                 # A drain takes everything, in bounded steps.
                 self._cycle(final=True)
-                while any(tail.more for tail in self._tails.values()):
+                # Unless the file cannot be written: what is unread stays safe in the tmpdir.
+                while any(tail.more for tail in self._tails.values()) and not self._write_failing:
                     self._cycle(final=True)
         except BaseException as exc:
             self._failure = exc
@@ -360,7 +374,18 @@ class NodeAggregator(Service):
         batch: list[tuple] = []
         read = 0
         cutoff = _INF if final else now - self._window_ns
-        for tail in list(self._tails.values()):
+        held = self._held
+        paused = backlog_paused(held=len(held), limit=self._max_held, write_failing=self._write_failing)
+        if paused:
+            # Tails not read now may hold records from before the cutoff:
+            # nothing read since the last full read is safe to write either.
+            cutoff = min(cutoff, self._read_all_at - self._window_ns)
+            for tail in self._tails.values():
+                if tail.more:
+                    cutoff = min(cutoff, tail.cursor.key)
+        else:
+            self._read_all_at = now
+        for tail in tails_to_read(self._tails.values(), paused=paused, oldest=held.oldest):
             got = tail.poll(batch)
             read += got
             # Asking the OS whether a writer lives costs more than a read, so
@@ -376,10 +401,14 @@ class NodeAggregator(Service):
                 # Unread records of this writer may be older than what other
                 # writers gave; nothing past what it has given so far is safe.
                 cutoff = min(cutoff, tail.cursor.key)
-        self._held.add(batch)
+        held.add(batch)
         if self._notices:
             self._flush_notices(now)
-        ready = self._held.take(cutoff)
+        ready = held.take(cutoff)
+        if ready and self._write_failing and len(ready) > PROBE_RECORDS:
+            held.put_back(ready[PROBE_RECORDS:])
+            ready = ready[:PROBE_RECORDS]
+            cutoff = held.oldest - 1  # what is promised downstream: only what is written
         if ready:
             self._write(ready, handed_over(cutoff, _INF, now))
         if self._forwarder is not None:
@@ -422,11 +451,13 @@ class NodeAggregator(Service):
             # The file is as it was: hold the records again, so the retry
             # neither loses nor doubles them.
             self._held.put_back(ready)
+            self._write_failing = True
             self.errors.report(
                 f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
                 f"cannot write {self.out_path}: {exc.strerror}; retrying",
             )
             return
+        self._write_failing = False
         by_tid = self._by_tid
         tids = list(map(_TID, ready))
         # Per writer, found in C: its last seq written and how many it wrote.
