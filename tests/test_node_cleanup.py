@@ -41,6 +41,12 @@ def test_checkpoint_due_at_the_drain_or_when_something_is_unsaved_past_the_inter
     assert not checkpoint_due(final=False, unsaved=False, since_ns=10**12, interval_ns=100)
 
 
+def test_checkpoint_is_never_due_while_written_records_wait_for_the_spool() -> None:
+    """checkpoint_due with spooling: not even the final drain checkpoints past records the spool has not taken."""
+    assert not checkpoint_due(final=True, unsaved=True, since_ns=10**12, interval_ns=100, spooling=True)
+    assert not checkpoint_due(final=False, unsaved=True, since_ns=10**12, interval_ns=100, spooling=True)
+
+
 @pytest.mark.timeout(120)
 def test_files_of_fifty_forked_children_are_deleted_while_the_node_is_idle(tmp_path: Path) -> None:
     """50 children log a line and exit, then nothing logs: their temp files are gone soon, their lines written."""

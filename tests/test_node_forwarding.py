@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from _net import assert_exactly_once, free_port, json_lines, rank_env
 from conftest import fill_disk, mounted_tmpfs, node_env, parse_text_records, run_worker, wait_for
@@ -33,9 +34,7 @@ def test_garbage_curve_key_reports_once_and_the_node_file_is_complete(tmp_path: 
     """NVRX_LOG_CURVE_*_KEY pointing at garbage: one clear line, no forwarding, every record in the node file."""
     garbage = tmp_path / "garbage.key"
     garbage.write_text("this is not a key\n")
-    msgs, err = _rank_with_forwarding(
-        tmp_path, NVRX_LOG_CURVE_SERVER_KEY=garbage, NVRX_LOG_CURVE_CLIENT_KEY=garbage
-    )
+    msgs, err = _rank_with_forwarding(tmp_path, NVRX_LOG_CURVE_SERVER_KEY=garbage, NVRX_LOG_CURVE_CLIENT_KEY=garbage)
     assert [m for m in msgs if m.startswith("r0 ")] == [f"r0 i{i} " for i in range(50)]
     said = [line for line in err if "not forwarding" in line]
     assert len(said) == 1 and str(garbage) in said[0] and "per-node file is written" in said[0], err
@@ -55,8 +54,9 @@ def test_spool_dir_that_cannot_be_created_reports_once_and_the_node_file_is_comp
 
 
 def _lines(path: Path) -> list[dict]:
-    """The JSON records in ``path`` so far (none while it does not exist)."""
-    return json_lines(path) if path.exists() else []
+    """The complete JSON records in ``path`` so far (none while it does not exist)."""
+    data = path.read_bytes() if path.exists() else b""
+    return [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
 
 
 def _log(tmp: Path, rank: int, count: int) -> None:
@@ -115,3 +115,48 @@ def test_forwarder_whose_thread_died_is_restarted_and_later_records_arrive(tmp_p
     msgs = [r["msg"] for r in json_lines(logs / "nvrx_log_n1.log")]
     assert sum("stopped" in m and "retrying" in m for m in msgs) == 1, msgs
     assert sum(m.endswith("restarted") for m in msgs) == 1, msgs
+
+
+@pytest.mark.timeout(180)
+def test_full_spool_dir_is_never_checkpointed_past_so_all_arrive_in_this_run_or_the_next(tmp_path: Path) -> None:
+    """The spool's own disk (a tiny tmpfs) full, the node file fine: all arrive once, in this run or the next."""
+    tmp, logs, cluster = tmp_path / "tmp", tmp_path / "logs", tmp_path / "cluster.log"
+    node_file = logs / "nvrx_log_n1.log"
+
+    def run() -> NodeAggregator:
+        return NodeAggregator(str(tmp), str(logs), "n1", streamer.endpoint, json=True, drain_timeout=2).start()
+
+    def node_records(rank: int) -> int:
+        return sum(r["rank"] == rank for r in _lines(node_file))
+
+    with (
+        mounted_tmpfs(logs / ".nvrx_spool_n1", "256k") as spool_fs,
+        Streamer("tcp://127.0.0.1:0", str(cluster), json=True) as streamer,
+    ):
+        aggregator = run()
+        try:
+            # This run: the spool is full while rank 0 logs, then has room again.
+            filler = fill_disk(spool_fs)
+            _log(tmp, 0, 3000)
+            wait_for(lambda: node_records(0) == 3000, what="rank 0 in the node file")
+            filler.unlink()
+            wait_for(lambda: len(_lines(cluster)) >= 3000, what="rank 0 in the cluster file")
+            notes = [r["msg"] for r in _lines(node_file) if "spool" in r["msg"]]
+            wait_for(lambda: any("works again" in r["msg"] for r in _lines(node_file)), what="the all-clear")
+            assert sum("cannot spool records" in m for m in notes) == 1, notes
+            # The next run: the spool is still full when this aggregator stops.
+            filler = fill_disk(spool_fs)
+            _log(tmp, 1, 3000)
+            wait_for(lambda: node_records(1) == 3000, what="rank 1 in the node file")
+        finally:
+            aggregator.stop()
+        assert aggregator.stats["undelivered"] > 2900  # a batch or two may fit in a page the spool holds
+        filler.unlink()
+        successor = run()
+        try:
+            wait_for(lambda: len(_lines(cluster)) >= 6000, what="rank 1 in the cluster file")
+        finally:
+            successor.stop()
+    expected = {("n1", 0): 3000, ("n1", 1): 3000}
+    assert_exactly_once(json_lines(cluster), expected)
+    assert_exactly_once(json_lines(node_file), expected)

@@ -49,14 +49,17 @@ _LEVEL = itemgetter("level")
 _DEAD_CHECK_NS = 1_000_000_000
 
 
-def checkpoint_due(*, final: bool, unsaved: bool, since_ns: int, interval_ns: int) -> bool:
-    """Whether to checkpoint now: always at the final drain, else when something is unsaved and the interval passed.
+def checkpoint_due(*, final: bool, unsaved: bool, since_ns: int, interval_ns: int, spooling: bool = False) -> bool:
+    """Whether to checkpoint now: at the final drain, or when something is unsaved and the interval passed.
 
     "Unsaved" is records written since the last checkpoint, or a writer found
     dead: its finished files are deleted only by a checkpoint, so waiting for
     the next record would keep them (in /dev/shm: RAM) as long as the node is quiet.
+    Never while written records still wait for the spool (``spooling``): a
+    checkpoint past them would count them as forwarded, and a restart would
+    not produce them again.
     """
-    return final or (unsaved and since_ns >= interval_ns)
+    return not spooling and (final or (unsaved and since_ns >= interval_ns))
 
 
 def node_log_path(log_dir: str, node_id: str) -> str:
@@ -222,7 +225,8 @@ class NodeAggregator(Service):
         if hand_over and finished and self._failure is None:
             live = self.live_writers()
             forwarder = self._forwarder
-            if live or (forwarder is not None and forwarder.spool.pending_batches):
+            undelivered = forwarder is not None and (forwarder.spool.pending_batches or self._spool_waiting())
+            if live or undelivered:
                 successor = self._spawn_successor()
         if finished and successor is None and (hand_over or last):
             self.note_left_behind()
@@ -240,7 +244,8 @@ class NodeAggregator(Service):
                 self.errors.report(
                     "undelivered",
                     f"{undelivered} records were not acknowledged by the streamer {self.streamer}; "
-                    f"they stay spooled in {forwarder.spool.directory} for the next run",
+                    f"they stay spooled in {forwarder.spool.directory} (or, if it could not take them, "
+                    "in the tmpdir) for the next run",
                 )
         if finished:
             # Only now: a successor must not open the spool while our forwarder still uses it.
@@ -335,7 +340,7 @@ class NodeAggregator(Service):
                 # A drain takes everything, in bounded steps.
                 self._cycle(final=True)
                 # Unless the file cannot be written: what is unread stays safe in the tmpdir.
-                while any(tail.more for tail in self._tails.values()) and not self._write_failing:
+                while any(tail.more for tail in self._tails.values()) and not self._stuck():
                     self._cycle(final=True)
         except BaseException as exc:
             self._failure = exc
@@ -346,6 +351,13 @@ class NodeAggregator(Service):
             if self._failure is not None:
                 self._output.close()
                 self._lock.release()
+
+    def _spool_waiting(self) -> int:
+        return self._forwarding.waiting if self._forwarding is not None else 0
+
+    def _stuck(self) -> bool:
+        # The per-node file or the spool cannot take records now.
+        return self._write_failing or self._spool_waiting() > 0
 
     def _idle_for(self, got: bool) -> float:
         """Seconds since the node last had a live writer or anything left to write or deliver."""
@@ -368,14 +380,18 @@ class NodeAggregator(Service):
 
     def _cycle(self, *, final: bool) -> bool:
         now = time.time_ns()
-        if self._forwarding is not None:
-            self._forwarding.check(time.monotonic())
+        forwarding = self._forwarding
+        if forwarding is not None:
+            mono = time.monotonic()
+            forwarding.check(mono)
+            forwarding.flush(mono)
         self._scan(now, force=final)
         batch: list[tuple] = []
         read = 0
         cutoff = _INF if final else now - self._window_ns
         held = self._held
-        paused = backlog_paused(held=len(held), limit=self._max_held, write_failing=self._write_failing)
+        waiting = self._spool_waiting()
+        paused = backlog_paused(held=len(held) + waiting, limit=self._max_held, write_failing=self._stuck())
         if paused:
             # Tails not read now may hold records from before the cutoff:
             # nothing read since the last full read is safe to write either.
@@ -411,11 +427,13 @@ class NodeAggregator(Service):
             cutoff = held.oldest - 1  # what is promised downstream: only what is written
         if ready:
             self._write(ready, handed_over(cutoff, _INF, now))
-        if self._forwarder is not None:
+        waiting = self._spool_waiting()
+        if self._forwarder is not None and not waiting:
             # Everything up to the cutoff is out; held (or put back) records are not.
             self._forwarder.watermark = handed_over(cutoff, self._held.oldest, now)
+        since = now - self._last_ckpt
         if checkpoint_due(
-            final=final, unsaved=self._unsaved, since_ns=now - self._last_ckpt, interval_ns=self._ckpt_ns
+            final=final, unsaved=self._unsaved, since_ns=since, interval_ns=self._ckpt_ns, spooling=waiting > 0
         ):
             self._checkpoint(now)
         return bool(read)
@@ -479,11 +497,12 @@ class NodeAggregator(Service):
         self._unsaved = True
         if self._forwarder is not None:
             # Spooled before the checkpoint that covers these records, so a
-            # kill -9 in between re-sends (deduplicated) rather than loses.
+            # kill -9 in between re-sends (deduplicated) rather than loses;
+            # if the spool cannot take them, no checkpoint passes them.
             for tid, record in zip(tids, records, strict=True):
                 tail = by_tid.get(tid)
                 record["w"] = tail.key if tail is not None else self._notice_key
-            self._forwarder.submit(records, watermark)
+            self._forwarding.submit(records, watermark, time.monotonic())
 
     def _checkpoint(self, now: int) -> None:
         writers = {key: t.emitted_seq for key, t in self._tails.items() if t.emitted_seq >= 0}

@@ -8,11 +8,17 @@ configuration problem does not fix itself, so forwarding stays off; anything
 else is retried, backing off, since disks empty and directories come back.
 A forwarder restarted after its thread died resends from its spool on disk
 what the streamer has not acknowledged (the streamer drops duplicates).
+
+Records written to the per-node file are spooled here; when the spool cannot
+take them (its disk is full) they wait, in order, and are retried. The
+aggregator does not checkpoint while any wait, so they are never counted as
+done before they are safely spooled, and counts them in its bounded backlog.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +32,8 @@ __all__ = ["Forwarding", "restart_delay"]
 
 _FIRST_DELAY_S = 0.5
 _MAX_DELAY_S = 32.0
+# Retrying the spool packs the waiting records again: not on every cycle.
+_SPOOL_RETRY_S = 0.25
 
 
 def restart_delay(failures: int, *, first: float = _FIRST_DELAY_S, cap: float = _MAX_DELAY_S) -> float:
@@ -61,6 +69,10 @@ class Forwarding:
         self._options = options
         self._failures = 0
         self._retry_at: float | None = None  # None: nothing to retry (running, or off for good)
+        self._waiting: deque[tuple[list, int]] = deque()  # (records, watermark) the spool could not take yet
+        self._waiting_records = 0
+        self._spool_retry_at = 0.0
+        self._spool_failing = False
 
     def start(self, now: float | None = None) -> bool:
         """Try to start a forwarder; True if one runs. A failure is reported and, unless it is a setting, retried."""
@@ -102,13 +114,64 @@ class Forwarding:
                 dead.stop(0)  # its thread has ended; this closes its spool so the next one can open it
             self.start(now)
 
+    @property
+    def waiting(self) -> int:
+        """Records written to the per-node file that the spool has not taken yet."""
+        return self._waiting_records
+
+    def submit(self, records: list, watermark: int, now: float) -> None:
+        """Spool ``records`` (all up to ``watermark``) after any still waiting; they wait if the spool fails."""
+        if self.forwarder is None:
+            return  # forwarding is off (and said so): the per-node file is all there is
+        self._waiting.append((records, watermark))
+        self._waiting_records += len(records)
+        self._spool_retry_at = 0.0  # new records: try at once (the spool may have room again)
+        self.flush(now)
+
+    def flush(self, now: float) -> None:
+        """Spool what waits, in order, unless a retry is not due yet."""
+        if not self._waiting or now < self._spool_retry_at:
+            return
+        forwarder = self.forwarder
+        if forwarder is None:
+            # A restart that failed: what waits was never spooled and now never will be.
+            self._say(f"{self._waiting_records} records are in the per-node file but not forwarded to {self.streamer}")
+            self._waiting.clear()
+            self._waiting_records = 0
+            return
+        while self._waiting:
+            records, watermark = self._waiting[0]
+            try:
+                forwarder.submit(records, watermark)
+            except OSError as exc:
+                self._spool_retry_at = now + _SPOOL_RETRY_S
+                if not self._spool_failing:
+                    self._spool_failing = True
+                    self._errors.report("spool", f"cannot spool for {self.streamer}: {exc.strerror}; retrying")
+                    self._notice(
+                        f"cannot spool records for {self.streamer} in {self.spool_dir}: {exc.strerror}; "
+                        "they are in this file, wait in memory and are retried (nothing is checkpointed meanwhile)"
+                    )
+                return
+            self._waiting.popleft()
+            self._waiting_records -= len(records)
+        if self._spool_failing:
+            self._spool_failing = False
+            self._notice(f"spooling for {self.streamer} works again")
+
     def stop(self, timeout: float) -> tuple[Forwarder | None, int]:
-        """Stop the forwarder (waiting up to ``timeout`` s for acknowledgements); it and the records undelivered."""
+        """Stop the forwarder (waiting up to ``timeout`` s for acknowledgements); it and the records undelivered.
+
+        Records still waiting for the spool count as undelivered; they are not
+        checkpointed, so the next run writes and spools them again.
+        """
         forwarder, self.forwarder = self.forwarder, None
         self._retry_at = None
+        waiting, self._waiting_records = self._waiting_records, 0
+        self._waiting.clear()
         if forwarder is None:
-            return None, 0
-        return forwarder, forwarder.stop(timeout)
+            return None, waiting
+        return forwarder, forwarder.stop(timeout) + waiting
 
     def _failed(self, now: float, text: str) -> None:
         self._failures += 1

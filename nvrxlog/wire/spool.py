@@ -75,19 +75,31 @@ class Spool:
     def append(self, records: list, watermark: int, *, count: int | None = None) -> tuple[int, list[Dropped]]:
         """Spool one batch; return its seq and any batches dropped to stay in bounds.
 
+        Raises OSError with the spool as it was (the batch not in it).
+
         ``watermark``: the node has now handed over every record up to this time.
         ``count``: how many of ``records`` are the job's own (default: all).
         """
         body = pack(records)
         with self._lock:
             seq = self.next_seq
-            self.next_seq += 1
             n = len(records) if count is None else count
             data = orjson.dumps({"b": seq, "c": watermark, "n": n, **body}) + b"\n"
             if self._fd < 0 or self._segments[self._current].size >= self.segment_bytes:
                 self._roll(seq)
-            write_all(self._fd, data)
             segment = self._segments[self._current]
+            try:
+                write_all(self._fd, data)
+            except OSError:
+                # A full disk can cut the batch mid-line; the next one would
+                # be glued to it and both lost. Cut back to the whole batches;
+                # the seq is not used, so a retry takes it.
+                try:
+                    os.ftruncate(self._fd, segment.size)
+                except OSError:
+                    pass
+                raise
+            self.next_seq += 1
             segment.size += len(data)
             segment.last = seq
             segment.counts[seq] = n
@@ -96,6 +108,7 @@ class Spool:
     def _roll(self, seq: int) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1  # if the open below fails, the next append tries again (never a stale fd)
         path = os.path.join(self.directory, f"seg-{seq:012d}.nvs")
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._segments[seq] = _Segment(path, 0, seq - 1, {})
