@@ -141,8 +141,8 @@ def test_full_spool_dir_is_never_checkpointed_past_so_all_arrive_in_this_run_or_
             wait_for(lambda: node_records(0) == 3000, what="rank 0 in the node file")
             filler.unlink()
             wait_for(lambda: len(_lines(cluster)) >= 3000, what="rank 0 in the cluster file")
-            notes = [r["msg"] for r in _lines(node_file) if "spool" in r["msg"]]
             wait_for(lambda: any("works again" in r["msg"] for r in _lines(node_file)), what="the all-clear")
+            notes = [r["msg"] for r in _lines(node_file) if "spool" in r["msg"]]
             assert sum("cannot spool records" in m for m in notes) == 1, notes
             # The next run: the spool is still full when this aggregator stops.
             filler = fill_disk(spool_fs)

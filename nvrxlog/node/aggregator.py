@@ -1,6 +1,6 @@
 """NodeAggregator: tail every writer, merge by time, write the per-node file (and forward it).
 
-The service around the node's stages: ``scanner`` finds writers' files,
+The service around the node's stages: ``writers`` (with ``scanner``) finds writers' files,
 ``tail`` reads each writer's records (``core/cursor`` de-duplicates them and
 finds gaps), ``merge`` holds them back for the time-ordered merge, and
 ``core/output`` writes and checkpoints the per-node file. When forwarding,
@@ -28,11 +28,10 @@ from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
-from nvrxlog.node.backlog import MAX_HELD_RECORDS, PROBE_RECORDS, backlog_paused, tails_to_read
+from nvrxlog.node.backlog import MAX_HELD_RECORDS, PROBE_RECORDS, backlog_paused
 from nvrxlog.node.forwarding import Forwarding
 from nvrxlog.node.merge import HoldBack
-from nvrxlog.node.scanner import TmpDirScanner
-from nvrxlog.node.tail import WriterTail, writer_is_dead
+from nvrxlog.node.writers import Writers
 
 if TYPE_CHECKING:
     from nvrxlog.wire.curve import CurveKeys
@@ -46,7 +45,6 @@ _IDLE_EXIT_S = 1.0
 _SPOOL_PATIENCE_S = 60.0
 _TID, _SEQ, _RECORD = itemgetter(1), itemgetter(2), itemgetter(3)
 _LEVEL = itemgetter("level")
-_DEAD_CHECK_NS = 1_000_000_000
 
 
 def checkpoint_due(*, final: bool, unsaved: bool, since_ns: int, interval_ns: int, spooling: bool = False) -> bool:
@@ -129,7 +127,6 @@ class NodeAggregator(Service):
         self._forward_options = {"spool_max_bytes": spool_max_bytes, "warn_after": warn_after, "curve": curve}
         self._drain_timeout = drain_timeout
         self._notice_key = f"aggregator.{time.time_ns()}"
-        self._closed_writers: set[str] = set()
         self._wake = threading.Event()
         self._stopping = False
         self._drain = True
@@ -143,11 +140,7 @@ class NodeAggregator(Service):
         #: The detached process that took over at stop(hand_over=True), if one did.
         self.successor: object | None = None
         self._output = CheckpointedOutput(self.out_path, self.checkpoint_path)
-        self._written: dict[str, int] = {}  # what the checkpoint found written, per writer
-        self._scanner = TmpDirScanner(self.tmp_dir)
-        self._tails: dict[str, WriterTail] = {}
-        self._by_tid: dict[int, WriterTail] = {}
-        self._next_tid = 0
+        self._writers = Writers(self.tmp_dir, self._notice, self.errors, self.stats)
         self._held = HoldBack()
         self._notices: deque[tuple[str, int | None]] = deque()  # the forwarder's thread adds too
         self._notice_seq = 0
@@ -171,7 +164,7 @@ class NodeAggregator(Service):
         if self._thread is not None:
             raise LifecycleError("NodeAggregator.start() called twice")
         self.tmp_dir = prepare_tmp_dir(self.tmp_dir)
-        self._scanner.tmp_dir = self.tmp_dir
+        self._writers.moved(self.tmp_dir)
         try:
             os.makedirs(self.log_dir, exist_ok=True)
         except OSError as exc:
@@ -197,7 +190,7 @@ class NodeAggregator(Service):
 
     def writer_closed(self, writer: WriterId) -> None:
         """Tell the aggregator that ``writer`` (a handler in this process) wrote its last record."""
-        self._closed_writers.add(str(writer))
+        self._writers.closed.add(str(writer))
 
     def stop(
         self, drain: bool = True, timeout: float | None = None, hand_over: bool = False, last: bool = False
@@ -225,28 +218,19 @@ class NodeAggregator(Service):
         if hand_over and finished and self._failure is None:
             live = self.live_writers()
             forwarder = self._forwarder
-            undelivered = forwarder is not None and (forwarder.spool.pending_batches or self._spool_waiting())
-            if live or undelivered:
+            unsent = forwarder is not None and (forwarder.spool.pending_batches or self._spool_waiting())
+            if live or unsent:
                 successor = self._spawn_successor()
         if finished and successor is None and (hand_over or last):
             self.note_left_behind()
         forwarding, self._forwarding = self._forwarding, None
-        forwarder, undelivered = None, 0
         if forwarding is not None:
             # Everything written is spooled. A successor resends what is not
             # acknowledged yet; without one, wait a bounded time for the streamer.
-            forwarder, undelivered = forwarding.stop(
-                0.2 if successor is not None else self._drain_timeout if drain else 0.0
-            )
-        if forwarder is not None:
-            self.stats["undelivered"] = undelivered
-            if undelivered and successor is None:
-                self.errors.report(
-                    "undelivered",
-                    f"{undelivered} records were not acknowledged by the streamer {self.streamer}; "
-                    f"they stay spooled in {forwarder.spool.directory} (or, if it could not take them, "
-                    "in the tmpdir) for the next run",
-                )
+            timeout = 0.2 if successor is not None else self._drain_timeout if drain else 0.0
+            undelivered = forwarding.stop(timeout, report=successor is None)
+            if undelivered is not None:
+                self.stats["undelivered"] = undelivered
         if finished:
             # Only now: a successor must not open the spool while our forwarder still uses it.
             self._output.close()
@@ -272,22 +256,19 @@ class NodeAggregator(Service):
 
     def live_writers(self) -> list[WriterId]:
         """Writers on the node that were alive at the last look (after a drain: still writing)."""
-        return [tail.writer for tail in self._tails.values() if not tail.dead]
+        return self._writers.live()
 
     def note_left_behind(self) -> list[WriterId]:
         """After a drain that no successor follows: say what writers still alive may leave in the tmpdir.
 
         The per-node file gets a line and stderr gets it once; returns those writers.
         """
+        from nvrxlog.node.handover import left_behind_text
+
         live = self.live_writers()
         if not live:
             return live
-        names = ", ".join(str(w) for w in live[:8]) + (" ..." if len(live) > 8 else "")
-        text = (
-            f"{len(live)} writer(s) still alive may log more into {self.tmp_dir} ({names}); no aggregator "
-            f"will take it: run `nvrxlog aggregate --tmp-dir {self.tmp_dir} --log-dir {self.log_dir} "
-            f"--node-id {self.node_id} --once` on this node to write it"
-        )
+        text = left_behind_text(live, self.tmp_dir, self.log_dir, self.node_id)
         self.errors.once(text)
         try:
             record = notice_record(self._notice_seq + 1, time.time_ns(), f"nvrxlog aggregator: {text}")
@@ -298,7 +279,7 @@ class NodeAggregator(Service):
 
     def _recover(self) -> None:
         try:
-            self._written = self._output.open()
+            self._writers.written = self._output.open()
         except OSError as exc:
             raise OutputError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc
         if self._output.problem:
@@ -340,14 +321,13 @@ class NodeAggregator(Service):
                 # A drain takes everything, in bounded steps.
                 self._cycle(final=True)
                 # Unless the file cannot be written: what is unread stays safe in the tmpdir.
-                while any(tail.more for tail in self._tails.values()) and not self._stuck():
+                while self._writers.more and not self._stuck():
                     self._cycle(final=True)
         except BaseException as exc:
             self._failure = exc
             self.errors.report("fatal", f"stopped after an unexpected error: {describe(exc)}")
         finally:
-            for tail in self._tails.values():
-                tail.close()
+            self._writers.close()
             if self._failure is not None:
                 self._output.close()
                 self._lock.release()
@@ -366,7 +346,7 @@ class NodeAggregator(Service):
             got
             or self._held
             or self._notices
-            or any(not tail.dead or tail.more for tail in self._tails.values())
+            or self._writers.busy
             or (self._forwarder is not None and self._forwarder.spool.pending_batches and not self._gave_up())
         )
         if busy or self._quiet_since is None:
@@ -385,9 +365,8 @@ class NodeAggregator(Service):
             mono = time.monotonic()
             forwarding.check(mono)
             forwarding.flush(mono)
-        self._scan(now, force=final)
+        self._writers.scan(now, force=final)
         batch: list[tuple] = []
-        read = 0
         cutoff = _INF if final else now - self._window_ns
         held = self._held
         waiting = self._spool_waiting()
@@ -396,27 +375,12 @@ class NodeAggregator(Service):
             # Tails not read now may hold records from before the cutoff:
             # nothing read since the last full read is safe to write either.
             cutoff = min(cutoff, self._read_all_at - self._window_ns)
-            for tail in self._tails.values():
-                if tail.more:
-                    cutoff = min(cutoff, tail.cursor.key)
         else:
             self._read_all_at = now
-        for tail in tails_to_read(self._tails.values(), paused=paused, oldest=held.oldest):
-            got = tail.poll(batch)
-            read += got
-            # Asking the OS whether a writer lives costs more than a read, so
-            # only writers that had nothing to say are asked, at most once a
-            # second; the final drain asks every writer.
-            if not tail.dead and (final or not got and now - tail.checked_at >= _DEAD_CHECK_NS):
-                tail.checked_at = now
-                if tail.key in self._closed_writers or writer_is_dead(tail.writer):
-                    tail.dead = True
-                    self._unsaved = True
-                    read += tail.poll(batch)
-            if tail.more:
-                # Unread records of this writer may be older than what other
-                # writers gave; nothing past what it has given so far is safe.
-                cutoff = min(cutoff, tail.cursor.key)
+        read, limit, died = self._writers.read(batch, now, final=final, paused=paused, oldest=held.oldest)
+        cutoff = min(cutoff, limit)
+        if died:
+            self._unsaved = True  # their finished files wait for a checkpoint
         held.add(batch)
         if self._notices:
             self._flush_notices(now)
@@ -438,28 +402,6 @@ class NodeAggregator(Service):
             self._checkpoint(now)
         return bool(read)
 
-    def _scan(self, now: int, *, force: bool) -> None:
-        try:
-            found, skipped = self._scanner.scan(now, force=force)
-        except OSError as exc:
-            self.errors.report("scan", f"cannot list {self.tmp_dir}: {exc.strerror}")
-            return
-        for writer, index, name in found:
-            key = str(writer)
-            tail = self._tails.get(key)
-            if tail is None:
-                tail = WriterTail(
-                    writer, self._next_tid, self.tmp_dir, self._notice, self._written.get(key, -1), self.stats
-                )
-                self._next_tid += 1
-                self._tails[key] = tail
-                self._by_tid[tail.tid] = tail
-            tail.add_file(index, name)
-        if skipped:
-            self.stats["skipped_entries"] += len(skipped)
-            noun = "entry" if len(skipped) == 1 else "entries"
-            self._notice(f"skipped {len(skipped)} {noun} in the tmpdir: {', '.join(skipped[:10])}")
-
     def _write(self, ready: list[tuple], watermark: int) -> None:
         records = list(map(_RECORD, ready))
         data = self._format.text(records, self.node_id)
@@ -476,7 +418,7 @@ class NodeAggregator(Service):
             )
             return
         self._write_failing = False
-        by_tid = self._by_tid
+        by_tid = self._writers.by_tid
         tids = list(map(_TID, ready))
         # Per writer, found in C: its last seq written and how many it wrote.
         for tid, seq in dict(zip(tids, map(_SEQ, ready), strict=True)).items():
@@ -505,19 +447,14 @@ class NodeAggregator(Service):
             self._forwarding.submit(records, watermark, time.monotonic())
 
     def _checkpoint(self, now: int) -> None:
-        writers = {key: t.emitted_seq for key, t in self._tails.items() if t.emitted_seq >= 0}
         try:
-            self._output.save(writers)
+            self._output.save(self._writers.emitted())
         except OSError as exc:
             self.errors.report("checkpoint", f"cannot save checkpoint: {exc.strerror}")
             return  # files are kept until a checkpoint covers them
         self._last_ckpt = now
         self._unsaved = False
-        for key, tail in list(self._tails.items()):
-            tail.release(tail.emitted_seq)
-            if tail.done:
-                del self._tails[key]
-                del self._by_tid[tail.tid]
+        self._writers.release()
 
     # -- notices: the aggregator's own lines in the output ---------------------------
 
@@ -539,5 +476,4 @@ class NodeAggregator(Service):
         """Drop the parent's descriptors without unlocking: the thread did not survive the fork."""
         self._lock.forget_after_fork()
         self._output.forget_after_fork()
-        for tail in self._tails.values():
-            tail.close()
+        self._writers.close()

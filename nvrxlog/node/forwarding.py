@@ -159,19 +159,27 @@ class Forwarding:
             self._spool_failing = False
             self._notice(f"spooling for {self.streamer} works again")
 
-    def stop(self, timeout: float) -> tuple[Forwarder | None, int]:
-        """Stop the forwarder (waiting up to ``timeout`` s for acknowledgements); it and the records undelivered.
+    def stop(self, timeout: float, *, report: bool = True) -> int | None:
+        """Stop the forwarder, waiting up to ``timeout`` s for acknowledgements; records undelivered (None: none ran).
 
-        Records still waiting for the spool count as undelivered; they are not
-        checkpointed, so the next run writes and spools them again.
+        Records still waiting for the spool count as undelivered: they are
+        not checkpointed, so the next run writes and spools them again. With
+        ``report``, undelivered records are reported once (no successor follows).
         """
         forwarder, self.forwarder = self.forwarder, None
         self._retry_at = None
         waiting, self._waiting_records = self._waiting_records, 0
         self._waiting.clear()
         if forwarder is None:
-            return None, waiting
-        return forwarder, forwarder.stop(timeout) + waiting
+            return None
+        undelivered = forwarder.stop(timeout) + waiting
+        if undelivered and report:
+            self._errors.report(
+                "undelivered",
+                f"{undelivered} records were not acknowledged by the streamer {self.streamer}; they stay "
+                f"spooled in {self.spool_dir} (or, if it could not take them, in the tmpdir) for the next run",
+            )
+        return undelivered
 
     def _failed(self, now: float, text: str) -> None:
         self._failures += 1
