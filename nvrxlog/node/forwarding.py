@@ -125,8 +125,7 @@ class Forwarding:
             return  # forwarding is off (and said so): the per-node file is all there is
         self._waiting.append((records, watermark))
         self._waiting_records += len(records)
-        self._spool_retry_at = 0.0  # new records: try at once (the spool may have room again)
-        self.flush(now)
+        self.flush(now)  # at once unless the spool failed less than a retry interval ago
 
     def flush(self, now: float) -> None:
         """Spool what waits, in order, unless a retry is not due yet."""
