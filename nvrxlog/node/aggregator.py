@@ -28,7 +28,7 @@ from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
-from nvrxlog.node.backlog import MAX_HELD_RECORDS, PROBE_RECORDS, backlog_paused
+from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, backlog_paused
 from nvrxlog.node.forwarding import Forwarding
 from nvrxlog.node.merge import HoldBack
 from nvrxlog.node.writers import Writers
@@ -75,7 +75,7 @@ class NodeAggregator(Service):
     writer on the node is gone and everything is written and delivered;
     ``lock_wait`` is how long ``start()`` waits for the tmpdir's lock.
     While the per-node file cannot be written, reading stops once
-    ``max_held`` records wait in memory (see ``node/backlog.py``).
+    ``max_held`` records or ``max_held_bytes`` wait in memory (see ``node/backlog.py``).
     """
 
     def __init__(
@@ -97,6 +97,7 @@ class NodeAggregator(Service):
         exit_when_idle: bool = False,
         lock_wait: float = 1.0,
         max_held: int = MAX_HELD_RECORDS,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         if merge_window < 0 or idle_interval <= 0 or busy_interval < 0 or checkpoint_interval < 0:
             raise ConfigError("intervals and the merge window must not be negative")
@@ -147,6 +148,8 @@ class NodeAggregator(Service):
         self._last_ckpt = 0
         self._unsaved = False  # see checkpoint_due
         self._max_held = max_held
+        self._max_held_bytes = max_held_bytes
+        self._record_bytes = 256.0  # bytes per record as read, averaged over recent cycles
         self._write_failing = False  # the last write of the per-node file failed
         self._read_all_at = 0  # when every tail was last polled
         self._failure: BaseException | None = None
@@ -369,8 +372,14 @@ class NodeAggregator(Service):
         batch: list[tuple] = []
         cutoff = _INF if final else now - self._window_ns
         held = self._held
-        waiting = self._spool_waiting()
-        paused = backlog_paused(held=len(held) + waiting, limit=self._max_held, write_failing=self._stuck())
+        backlog = len(held) + self._spool_waiting()
+        paused = backlog_paused(
+            held=backlog,
+            limit=self._max_held,
+            held_bytes=backlog * self._record_bytes,
+            byte_limit=self._max_held_bytes,
+            write_failing=self._stuck(),
+        )
         if paused:
             # Tails not read now may hold records from before the cutoff:
             # nothing read since the last full read is safe to write either.
@@ -379,6 +388,8 @@ class NodeAggregator(Service):
             self._read_all_at = now
         read, limit, died = self._writers.read(batch, now, final=final, paused=paused, oldest=held.oldest)
         cutoff = min(cutoff, limit)
+        if batch:
+            self._record_bytes = (self._record_bytes + read / len(batch)) / 2
         if died:
             self._unsaved = True  # their finished files wait for a checkpoint
         held.add(batch)

@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
-__all__ = ["MAX_HELD_RECORDS", "PROBE_RECORDS", "backlog_paused", "tails_to_read"]
+__all__ = ["MAX_HELD_BYTES", "MAX_HELD_RECORDS", "PROBE_RECORDS", "backlog_paused", "tails_to_read"]
 
-#: Records held in memory past which reading stops while writes fail (about 60 MiB of records).
+#: Records held in memory past which reading stops while writes fail (about 60 MiB of small records)...
 MAX_HELD_RECORDS = 100_000
+#: ... or bytes of them as read (the messages may be large: a rank's message is capped at 1 Mi characters).
+MAX_HELD_BYTES = 64 << 20
 #: While writes fail, each retry writes at most this many records: formatting the whole
 #: backlog only to be told "no space" again would cost a core.
 PROBE_RECORDS = 1_000
@@ -34,13 +36,13 @@ class _Tail(Protocol):
 T = TypeVar("T", bound=_Tail)
 
 
-def backlog_paused(*, held: int, limit: int, write_failing: bool) -> bool:
-    """Whether to stop reading: the last write failed and ``held`` records already wait in memory.
+def backlog_paused(*, held: int, limit: int, held_bytes: float, byte_limit: int, write_failing: bool) -> bool:
+    """Whether to stop reading: the last write failed and ``held`` records (``held_bytes``) already wait in memory.
 
     A backlog alone (a slow writer, a clock step) never pauses reading: only a
     successful write can end a pause, so one must be possible.
     """
-    return write_failing and held >= limit
+    return write_failing and (held >= limit or held_bytes >= byte_limit)
 
 
 def tails_to_read(tails: Iterable[T], *, paused: bool, oldest: float) -> list[T]:
