@@ -15,10 +15,11 @@ from typing import Protocol, TypeVar
 
 __all__ = ["MAX_HELD_BYTES", "MAX_HELD_RECORDS", "PROBE_RECORDS", "backlog_paused", "tails_to_read"]
 
-#: Records held in memory past which reading stops while writes fail (about 60 MiB of small records)...
-MAX_HELD_RECORDS = 100_000
+#: Records held in memory past which reading stops while writes fail (a held record costs
+#: about 1 KiB as a dict; in thread mode this is the training process's memory)...
+MAX_HELD_RECORDS = 20_000
 #: ... or bytes of them as read (the messages may be large: a rank's message is capped at 1 Mi characters).
-MAX_HELD_BYTES = 64 << 20
+MAX_HELD_BYTES = 16 << 20
 #: While writes fail, each retry writes at most this many records: formatting the whole
 #: backlog only to be told "no space" again would cost a core.
 PROBE_RECORDS = 1_000
