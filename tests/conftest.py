@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,34 @@ def emit(handlers: list, msgs: list[str] | str, level: int = logging.INFO) -> No
         for handler in handlers:
             record.created = time.time()
             handler.emit(record)
+
+
+@contextmanager
+def mounted_tmpfs(mnt: Path, size: str, *, mode: str = "0755", options: str = "") -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``mnt`` (created), unmounted on exit; skips, saying why, unless root."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    opts = ",".join(x for x in (options, f"size={size}", f"mode={mode}") if x)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"needs root to mount a tmpfs (CI runs as root): {result.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Fill the filesystem of ``directory`` with one file until ENOSPC; return it (delete it to free the space)."""
+    filler = directory / "filler"
+    chunk = b"\0" * (1 << 16)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            free = os.statvfs(directory)
+            try:
+                os.write(fd, chunk[: max(free.f_bavail * free.f_frsize, 1)])
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    return filler

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import child_env, node_records, parse_text_records, run_script
+from conftest import child_env, mounted_tmpfs, node_records, parse_text_records, run_script
 
 from nvrxlog import NodeAggregator, TmpDirError, setup_logger
 from nvrxlog.rank.handler import NodeLocalHandler
@@ -34,23 +34,11 @@ def _aggregate(tmp: Path, log_dir: Path) -> list[dict]:
     return parse_text_records(log_dir / "nvrx_log_n1.log")
 
 
-def _mount(*args: str) -> None:
-    """Mount a real filesystem; skip (saying why) where this machine does not allow it."""
-    result = subprocess.run(["mount", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"needs root to mount a tmpfs (CI runs as root): {result.stderr.strip()}")
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 64 KiB tmpfs, so writes fail with ENOSPC (needs root, as in CI)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    _mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt))
-    try:
+    with mounted_tmpfs(tmp_path / "small", "64k", mode="0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.timeout(30)
@@ -218,9 +206,7 @@ def test_full_tmpdir_drops_are_reported_once_and_logging_resumes(
 def test_read_only_tmpdir_falls_back_to_stderr_with_one_report(tmp_path: Path) -> None:
     """A read-only tmpdir: the rank keeps running and logs to stderr, saying why once."""
     ro = tmp_path / "ro"
-    ro.mkdir()
-    _mount("-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro))
-    try:
+    with mounted_tmpfs(ro, "64k", options="ro"):
         code = "from nvrxlog import setup_logger\nlog = setup_logger()\n[log.info('line %d', i) for i in range(5)]\n"
         result = subprocess.run(
             [sys.executable, "-c", code],
@@ -229,8 +215,6 @@ def test_read_only_tmpdir_falls_back_to_stderr_with_one_report(tmp_path: Path) -
             text=True,
             timeout=30,
         )
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
     assert result.returncode == 0
     lines = result.stderr.splitlines()
     assert sum("node-local logging is off" in line for line in lines) == 1, result.stderr

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+import pytest
+from conftest import fill_disk, mounted_tmpfs
 
 from nvrxlog.wire.spool import Spool
 
@@ -55,3 +60,42 @@ def test_a_restart_resumes_after_the_acknowledged_batches(tmp_path: Path) -> Non
     assert seqs == list(range(13, 31))
     assert again.append([{"seq": 0, "ts": 0, "msg": "new"}], watermark=0)[0] == 31
     again.close()
+
+
+@contextmanager
+def _full_disk_spool(tmp_path: Path, batches: int) -> Iterator[tuple[Spool, Path]]:
+    """A spool of ``batches`` batches on a tiny tmpfs that is then filled; the filler (delete it to free the disk)."""
+    with mounted_tmpfs(tmp_path / "fs", "256k") as fs:
+        spool = Spool(str(fs / "spool"), max_bytes=1 << 20)
+        _fill(spool, batches)
+        yield spool, fill_disk(fs)
+
+
+@pytest.mark.timeout(30)
+def test_ack_on_a_full_disk_is_kept_in_memory_and_saved_once_space_returns(tmp_path: Path) -> None:
+    """ENOSPC saving the acked position: ack returns the error, the position holds in memory, a retry saves it."""
+    with _full_disk_spool(tmp_path, 10) as (spool, filler):
+        problem = spool.ack(6)
+        assert isinstance(problem, OSError) and problem.errno == errno.ENOSPC
+        assert spool.acked == 6 and spool.acked_unsaved and spool.unacked == 4
+        assert isinstance(spool.save_acked(), OSError)
+        filler.unlink()
+        assert spool.save_acked() is None and not spool.acked_unsaved
+        spool.close()
+        assert Spool(spool.directory).acked == 6
+
+
+@pytest.mark.timeout(30)
+def test_append_on_a_full_disk_leaves_the_spool_as_it_was(tmp_path: Path) -> None:
+    """ENOSPC mid-append: OSError, no torn batch left behind, and the retry gets the seq the failure did not use."""
+    with _full_disk_spool(tmp_path, 3) as (spool, filler):
+        big = [{"seq": i, "ts": i, "msg": "m" * 2000} for i in range(50)]  # larger than any slack in a page
+        with pytest.raises(OSError):
+            spool.append(big, watermark=0)
+        filler.unlink()
+        assert spool.append(big, watermark=0)[0] == 4
+        batches = []
+        while (batch := spool.next_batch()) is not None:
+            batches.append(orjson.loads(batch[1])["b"])
+        assert batches == [1, 2, 3, 4]
+        spool.close()

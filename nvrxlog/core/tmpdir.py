@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -10,7 +11,7 @@ import time
 from nvrxlog.core.fileio import close_quietly
 from nvrxlog.errors import AggregatorBusyError, TmpDirError
 
-__all__ = ["LOCK_NAME", "AggregatorLock", "aggregator_alive", "prepare_tmp_dir"]
+__all__ = ["LOCK_NAME", "AggregatorLock", "aggregator_alive", "foreign_owner", "prepare_tmp_dir"]
 
 #: The aggregator of a tmpdir holds an exclusive flock on this file in it.
 LOCK_NAME = ".nvrx-aggregator.lock"
@@ -21,7 +22,10 @@ def prepare_tmp_dir(path: str, *, create: bool = True) -> str:
 
     Created with mode 0700 when missing. A world-writable directory without
     the sticky bit is refused: anyone on the node could replace or delete
-    another user's temp files there.
+    another user's temp files there. A directory (or a symlink to one) that
+    another user owns is refused too: its name is predictable
+    (``/dev/shm/nvrx-$SLURM_JOB_ID``), so another user can create it first
+    and then plant files and locks in it.
     """
     path = os.path.abspath(path)
     if create:
@@ -30,9 +34,17 @@ def prepare_tmp_dir(path: str, *, create: bool = True) -> str:
         except OSError as exc:
             raise TmpDirError(f"cannot create node-local tmpdir {path}: {exc.strerror}") from exc
     try:
+        link = os.lstat(path)
         st = os.stat(path)
     except OSError as exc:
         raise TmpDirError(f"node-local tmpdir {path} is not usable: {exc.strerror}") from exc
+    for what, owned in (("symlink", link), ("directory", st)):
+        owner = foreign_owner(owned)
+        if owner is not None:
+            raise TmpDirError(
+                f"node-local tmpdir {path}: the {what} is owned by uid {owner}, not by this user "
+                f"(uid {os.geteuid()}); refusing it (another user may have created it first)"
+            )
     if not stat.S_ISDIR(st.st_mode):
         raise TmpDirError(f"node-local tmpdir {path} is not a directory")
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
@@ -45,10 +57,33 @@ def prepare_tmp_dir(path: str, *, create: bool = True) -> str:
     return path
 
 
+def foreign_owner(st: os.stat_result, uid: int | None = None) -> int | None:
+    """The uid that owns ``st`` when it is not ``uid`` (default: this process's effective uid), else None."""
+    uid = os.geteuid() if uid is None else uid
+    return st.st_uid if st.st_uid != uid else None
+
+
+def _open_lock(path: str, flags: int) -> int:
+    """Open the lock file at ``path``: never through a symlink, and only a regular file of ours.
+
+    A lock planted by another user (in a sticky tmpdir of ours) would let
+    them hold it and keep the job's aggregator from ever starting; a symlink
+    would make us create or lock a file elsewhere. Raises OSError.
+    """
+    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    st = os.fstat(fd)
+    owner = foreign_owner(st)
+    if owner is not None or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = f"owned by uid {owner}" if owner is not None else "not a regular file"
+        raise PermissionError(errno.EPERM, f"the lock file is {kind}; remove it or use another tmpdir", path)
+    return fd
+
+
 def aggregator_alive(tmp_dir: str) -> bool:
-    """True if a live aggregator holds the lock of ``tmp_dir``."""
+    """True if a live aggregator holds the lock of ``tmp_dir`` (a lock that is not ours counts as none)."""
     try:
-        fd = os.open(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open_lock(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -79,9 +114,11 @@ class AggregatorLock:
         """Take the lock of ``tmp_dir``; raises AggregatorBusyError or TmpDirError."""
         path = os.path.join(tmp_dir, LOCK_NAME)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
-            raise TmpDirError(f"cannot create {path}: {exc.strerror}") from exc
+            # ELOOP: a symlink planted in place of the lock.
+            reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise TmpDirError(f"cannot use the aggregator lock {path}: {reason}") from exc
         deadline = time.monotonic() + self.wait_s
         while True:
             try:

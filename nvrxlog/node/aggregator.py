@@ -1,6 +1,6 @@
 """NodeAggregator: tail every writer, merge by time, write the per-node file (and forward it).
 
-The service around the node's stages: ``scanner`` finds writers' files,
+The service around the node's stages: ``writers`` (with ``scanner``) finds writers' files,
 ``tail`` reads each writer's records (``core/cursor`` de-duplicates them and
 finds gaps), ``merge`` holds them back for the time-ordered merge, and
 ``core/output`` writes and checkpoints the per-node file. When forwarding,
@@ -28,9 +28,10 @@ from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
+from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, backlog_paused
+from nvrxlog.node.forwarding import Forwarding
 from nvrxlog.node.merge import HoldBack
-from nvrxlog.node.scanner import TmpDirScanner
-from nvrxlog.node.tail import WriterTail, writer_is_dead
+from nvrxlog.node.writers import Writers
 
 if TYPE_CHECKING:
     from nvrxlog.wire.curve import CurveKeys
@@ -44,7 +45,19 @@ _IDLE_EXIT_S = 1.0
 _SPOOL_PATIENCE_S = 60.0
 _TID, _SEQ, _RECORD = itemgetter(1), itemgetter(2), itemgetter(3)
 _LEVEL = itemgetter("level")
-_DEAD_CHECK_NS = 1_000_000_000
+
+
+def checkpoint_due(*, final: bool, unsaved: bool, since_ns: int, interval_ns: int, spooling: bool = False) -> bool:
+    """Whether to checkpoint now: at the final drain, or when something is unsaved and the interval passed.
+
+    "Unsaved" is records written since the last checkpoint, or a writer found
+    dead: its finished files are deleted only by a checkpoint, so waiting for
+    the next record would keep them (in /dev/shm: RAM) as long as the node is quiet.
+    Never while written records still wait for the spool (``spooling``): a
+    checkpoint past them would count them as forwarded, and a restart would
+    not produce them again.
+    """
+    return not spooling and (final or (unsaved and since_ns >= interval_ns))
 
 
 def node_log_path(log_dir: str, node_id: str) -> str:
@@ -61,6 +74,8 @@ class NodeAggregator(Service):
     With ``exit_when_idle`` (a successor) it stops by itself once every
     writer on the node is gone and everything is written and delivered;
     ``lock_wait`` is how long ``start()`` waits for the tmpdir's lock.
+    While the per-node file cannot be written, reading stops once
+    ``max_held`` records or ``max_held_bytes`` wait in memory (see ``node/backlog.py``).
     """
 
     def __init__(
@@ -81,6 +96,8 @@ class NodeAggregator(Service):
         curve: CurveKeys | None = None,
         exit_when_idle: bool = False,
         lock_wait: float = 1.0,
+        max_held: int = MAX_HELD_RECORDS,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         if merge_window < 0 or idle_interval <= 0 or busy_interval < 0 or checkpoint_interval < 0:
             raise ConfigError("intervals and the merge window must not be negative")
@@ -107,11 +124,10 @@ class NodeAggregator(Service):
         self._idle_s = idle_interval
         self._busy_s = busy_interval
         self._ckpt_ns = int(checkpoint_interval * 1e9)
-        self._forwarder: Forwarder | None = None
+        self._forwarding: Forwarding | None = None
         self._forward_options = {"spool_max_bytes": spool_max_bytes, "warn_after": warn_after, "curve": curve}
         self._drain_timeout = drain_timeout
         self._notice_key = f"aggregator.{time.time_ns()}"
-        self._closed_writers: set[str] = set()
         self._wake = threading.Event()
         self._stopping = False
         self._drain = True
@@ -125,15 +141,17 @@ class NodeAggregator(Service):
         #: The detached process that took over at stop(hand_over=True), if one did.
         self.successor: object | None = None
         self._output = CheckpointedOutput(self.out_path, self.checkpoint_path)
-        self._written: dict[str, int] = {}  # what the checkpoint found written, per writer
-        self._scanner = TmpDirScanner(self.tmp_dir)
-        self._tails: dict[str, WriterTail] = {}
-        self._by_tid: dict[int, WriterTail] = {}
-        self._next_tid = 0
+        self._writers = Writers(self.tmp_dir, self._notice, self.errors, self.stats)
         self._held = HoldBack()
         self._notices: deque[tuple[str, int | None]] = deque()  # the forwarder's thread adds too
         self._notice_seq = 0
         self._last_ckpt = 0
+        self._unsaved = False  # see checkpoint_due
+        self._max_held = max_held
+        self._max_held_bytes = max_held_bytes
+        self._record_bytes = 256.0  # bytes per record as read, averaged over recent cycles
+        self._write_failing = False  # the last write of the per-node file failed
+        self._read_all_at = 0  # when every tail was last polled
         self._failure: BaseException | None = None
         forks.register(self)
 
@@ -149,7 +167,7 @@ class NodeAggregator(Service):
         if self._thread is not None:
             raise LifecycleError("NodeAggregator.start() called twice")
         self.tmp_dir = prepare_tmp_dir(self.tmp_dir)
-        self._scanner.tmp_dir = self.tmp_dir
+        self._writers.moved(self.tmp_dir)
         try:
             os.makedirs(self.log_dir, exist_ok=True)
         except OSError as exc:
@@ -157,21 +175,17 @@ class NodeAggregator(Service):
         self._lock.take(self.tmp_dir)
         try:
             self._recover()
-            if self.streamer:
-                from nvrxlog.wire.forwarder import Forwarder  # ZeroMQ only where forwarding is used
-
-                curve = self._forward_options["curve"]
-                if curve is not None:
-                    curve.load()  # a key problem is a clear error now, not a dead thread later
-
-                spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
-                self._forwarder = Forwarder(
-                    self.streamer, self.node_id, spool, notice=self._notice, **self._forward_options
-                ).start()
         except BaseException:
             self._output.close()
             self._lock.release()
             raise
+        if self.streamer:
+            # Forwarding is optional: a problem with it is reported, the per-node file goes on.
+            spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
+            self._forwarding = Forwarding(
+                self.streamer, self.node_id, spool, notice=self._notice, errors=self.errors, **self._forward_options
+            )
+            self._forwarding.start()
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-aggregator-{self.node_id}", daemon=True)
         self._thread.start()
         self.started.set()
@@ -179,7 +193,7 @@ class NodeAggregator(Service):
 
     def writer_closed(self, writer: WriterId) -> None:
         """Tell the aggregator that ``writer`` (a handler in this process) wrote its last record."""
-        self._closed_writers.add(str(writer))
+        self._writers.closed.add(str(writer))
 
     def stop(
         self, drain: bool = True, timeout: float | None = None, hand_over: bool = False, last: bool = False
@@ -216,23 +230,22 @@ class NodeAggregator(Service):
         if hand_over and self._failure is None:
             live = self.live_writers()
             forwarder = self._forwarder
-            if live or (forwarder is not None and forwarder.spool.pending_batches):
+            unsent = forwarder is not None and (forwarder.spool.pending_batches or self._spool_waiting())
+            if live or unsent:
                 successor = self._spawn_successor()
         if successor is None and (hand_over or last):
             self.note_left_behind()
-        forwarder, self._forwarder = self._forwarder, None
-        if forwarder is not None:
+        forwarding, self._forwarding = self._forwarding, None
+        if forwarding is not None:
             # Everything written is spooled. A successor resends what is not
             # acknowledged yet; without one, wait a bounded time for the streamer.
-            undelivered = forwarder.stop(0.2 if successor is not None else self._drain_timeout if drain else 0.0)
-            self.stats["undelivered"] = undelivered
-            self.stats["spool_dropped"] = forwarder.stats["dropped"]
-            if undelivered and successor is None:
-                self.errors.report(
-                    "undelivered",
-                    f"{undelivered} records were not acknowledged by the streamer {self.streamer}; "
-                    f"they stay spooled in {forwarder.spool.directory} for the next run",
-                )
+            timeout = 0.2 if successor is not None else self._drain_timeout if drain else 0.0
+            running = forwarding.forwarder
+            if running is not None:
+                self.stats["spool_dropped"] = running.stats["dropped"]
+            undelivered = forwarding.stop(timeout, report=successor is None)
+            if undelivered is not None:
+                self.stats["undelivered"] = undelivered
         # Only now: a successor must not open the spool while our forwarder still uses it.
         self._output.close()
         self._lock.release()
@@ -257,22 +270,19 @@ class NodeAggregator(Service):
 
     def live_writers(self) -> list[WriterId]:
         """Writers on the node that were alive at the last look (after a drain: still writing)."""
-        return [tail.writer for tail in self._tails.values() if not tail.dead]
+        return self._writers.live()
 
     def note_left_behind(self) -> list[WriterId]:
         """After a drain that no successor follows: say what writers still alive may leave in the tmpdir.
 
         The per-node file gets a line and stderr gets it once; returns those writers.
         """
+        from nvrxlog.node.handover import left_behind_text
+
         live = self.live_writers()
         if not live:
             return live
-        names = ", ".join(str(w) for w in live[:8]) + (" ..." if len(live) > 8 else "")
-        text = (
-            f"{len(live)} writer(s) still alive may log more into {self.tmp_dir} ({names}); no aggregator "
-            f"will take it: run `nvrxlog aggregate --tmp-dir {self.tmp_dir} --log-dir {self.log_dir} "
-            f"--node-id {self.node_id} --once` on this node to write it"
-        )
+        text = left_behind_text(live, self.tmp_dir, self.log_dir, self.node_id)
         self.errors.once(text)
         try:
             record = notice_record(self._notice_seq + 1, time.time_ns(), f"nvrxlog aggregator: {text}")
@@ -283,12 +293,21 @@ class NodeAggregator(Service):
 
     def _recover(self) -> None:
         try:
-            self._written = self._output.open()
+            self._writers.written = self._output.open()
         except OSError as exc:
             raise OutputError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc
         if self._output.problem:
             self._notice(self._output.problem)
         self.stats["recovered_bytes_cut"] += self._output.cut
+
+    @property
+    def backlog(self) -> int:
+        """Records read from the temp files but not yet in the per-node file."""
+        return len(self._held)
+
+    @property
+    def _forwarder(self) -> Forwarder | None:
+        return self._forwarding.forwarder if self._forwarding is not None else None
 
     # -- the loop --------------------------------------------------------------------
 
@@ -304,7 +323,8 @@ class NodeAggregator(Service):
                     delay = self._idle_s
                 delay = self._busy_s if got else min(max(delay * 2, 0.001), self._idle_s)
                 wait = delay
-                if self._held:
+                # While writes fail, held records are overdue: retry at the idle pace, not at once.
+                if self._held and not self._write_failing:
                     due = (self._held.oldest + self._window_ns - time.time_ns()) / 1e9
                     wait = min(wait, max(due, 0.0005))
                 self._wake.wait(wait)
@@ -314,17 +334,24 @@ class NodeAggregator(Service):
             if self._drain:
                 # A drain takes everything, in bounded steps.
                 self._cycle(final=True)
-                while any(tail.more for tail in self._tails.values()):
+                # Unless the file cannot be written: what is unread stays safe in the tmpdir.
+                while self._writers.more and not self._stuck():
                     self._cycle(final=True)
         except BaseException as exc:
             self._failure = exc
             self.errors.report("fatal", f"stopped after an unexpected error: {describe(exc)}")
         finally:
-            for tail in self._tails.values():
-                tail.close()
+            self._writers.close()
             if self._failure is not None:
                 self._output.close()
                 self._lock.release()
+
+    def _spool_waiting(self) -> int:
+        return self._forwarding.waiting if self._forwarding is not None else 0
+
+    def _stuck(self) -> bool:
+        # The per-node file or the spool cannot take records now.
+        return self._write_failing or self._spool_waiting() > 0
 
     def _idle_for(self, got: bool) -> float:
         """Seconds since the node last had a live writer or anything left to write or deliver."""
@@ -333,7 +360,7 @@ class NodeAggregator(Service):
             got
             or self._held
             or self._notices
-            or any(not tail.dead or tail.more for tail in self._tails.values())
+            or self._writers.busy
             or (self._forwarder is not None and self._forwarder.spool.pending_batches and not self._gave_up())
         )
         if busy or self._quiet_since is None:
@@ -347,59 +374,55 @@ class NodeAggregator(Service):
 
     def _cycle(self, *, final: bool) -> bool:
         now = time.time_ns()
-        self._scan(now, force=final)
+        forwarding = self._forwarding
+        if forwarding is not None:
+            mono = time.monotonic()
+            forwarding.check(mono)
+            forwarding.flush(mono)
+        self._writers.scan(now, force=final)
         batch: list[tuple] = []
-        read = 0
         cutoff = _INF if final else now - self._window_ns
-        for tail in list(self._tails.values()):
-            got = tail.poll(batch)
-            read += got
-            # Asking the OS whether a writer lives costs more than a read, so
-            # only writers that had nothing to say are asked, at most once a
-            # second; the final drain asks every writer.
-            if not tail.dead and (final or not got and now - tail.checked_at >= _DEAD_CHECK_NS):
-                tail.checked_at = now
-                if tail.key in self._closed_writers or writer_is_dead(tail.writer):
-                    tail.dead = True
-                    read += tail.poll(batch)
-            if tail.more:
-                # Unread records of this writer may be older than what other
-                # writers gave; nothing past what it has given so far is safe.
-                cutoff = min(cutoff, tail.cursor.key)
-        self._held.add(batch)
+        held = self._held
+        backlog = len(held) + self._spool_waiting()
+        paused = backlog_paused(
+            held=backlog,
+            limit=self._max_held,
+            held_bytes=backlog * self._record_bytes,
+            byte_limit=self._max_held_bytes,
+            write_failing=self._stuck(),
+        )
+        if paused:
+            # Tails not read now may hold records from before the cutoff:
+            # nothing read since the last full read is safe to write either.
+            cutoff = min(cutoff, self._read_all_at - self._window_ns)
+        else:
+            self._read_all_at = now
+        read, limit, died = self._writers.read(batch, now, final=final, paused=paused, oldest=held.oldest)
+        cutoff = min(cutoff, limit)
+        if batch:
+            self._record_bytes = (self._record_bytes + read / len(batch)) / 2
+        if died:
+            self._unsaved = True  # their finished files wait for a checkpoint
+        held.add(batch)
         if self._notices:
             self._flush_notices(now)
-        ready = self._held.take(cutoff)
+        ready = held.take(cutoff)
+        if ready and self._write_failing and len(ready) > PROBE_RECORDS:
+            held.put_back(ready[PROBE_RECORDS:])
+            ready = ready[:PROBE_RECORDS]
+            cutoff = held.oldest - 1  # what is promised downstream: only what is written
         if ready:
             self._write(ready, handed_over(cutoff, _INF, now))
-        if self._forwarder is not None:
+        waiting = self._spool_waiting()
+        if self._forwarder is not None and not waiting:
             # Everything up to the cutoff is out; held (or put back) records are not.
             self._forwarder.watermark = handed_over(cutoff, self._held.oldest, now)
-        if final or (ready and now - self._last_ckpt >= self._ckpt_ns):
+        since = now - self._last_ckpt
+        if checkpoint_due(
+            final=final, unsaved=self._unsaved, since_ns=since, interval_ns=self._ckpt_ns, spooling=waiting > 0
+        ):
             self._checkpoint(now)
         return bool(read)
-
-    def _scan(self, now: int, *, force: bool) -> None:
-        try:
-            found, skipped = self._scanner.scan(now, force=force)
-        except OSError as exc:
-            self.errors.report("scan", f"cannot list {self.tmp_dir}: {exc.strerror}")
-            return
-        for writer, index, name in found:
-            key = str(writer)
-            tail = self._tails.get(key)
-            if tail is None:
-                tail = WriterTail(
-                    writer, self._next_tid, self.tmp_dir, self._notice, self._written.get(key, -1), self.stats
-                )
-                self._next_tid += 1
-                self._tails[key] = tail
-                self._by_tid[tail.tid] = tail
-            tail.add_file(index, name)
-        if skipped:
-            self.stats["skipped_entries"] += len(skipped)
-            noun = "entry" if len(skipped) == 1 else "entries"
-            self._notice(f"skipped {len(skipped)} {noun} in the tmpdir: {', '.join(skipped[:10])}")
 
     def _write(self, ready: list[tuple], watermark: int) -> None:
         records = list(map(_RECORD, ready))
@@ -410,12 +433,14 @@ class NodeAggregator(Service):
             # The file is as it was: hold the records again, so the retry
             # neither loses nor doubles them.
             self._held.put_back(ready)
+            self._write_failing = True
             self.errors.report(
                 f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
                 f"cannot write {self.out_path}: {exc.strerror}; retrying",
             )
             return
-        by_tid = self._by_tid
+        self._write_failing = False
+        by_tid = self._writers.by_tid
         tids = list(map(_TID, ready))
         # Per writer, found in C: its last seq written and how many it wrote.
         for tid, seq in dict(zip(tids, map(_SEQ, ready), strict=True)).items():
@@ -433,27 +458,25 @@ class NodeAggregator(Service):
         self.levels.update(levels)
         self.stats["records"] += len(ready)
         self.stats["bytes"] += len(data)
+        self._unsaved = True
         if self._forwarder is not None:
             # Spooled before the checkpoint that covers these records, so a
-            # kill -9 in between re-sends (deduplicated) rather than loses.
+            # kill -9 in between re-sends (deduplicated) rather than loses;
+            # if the spool cannot take them, no checkpoint passes them.
             for tid, record in zip(tids, records, strict=True):
                 tail = by_tid.get(tid)
                 record["w"] = tail.key if tail is not None else self._notice_key
-            self._forwarder.submit(records, watermark)
+            self._forwarding.submit(records, watermark, time.monotonic())
 
     def _checkpoint(self, now: int) -> None:
-        writers = {key: t.emitted_seq for key, t in self._tails.items() if t.emitted_seq >= 0}
         try:
-            self._output.save(writers)
+            self._output.save(self._writers.emitted())
         except OSError as exc:
             self.errors.report("checkpoint", f"cannot save checkpoint: {exc.strerror}")
             return  # files are kept until a checkpoint covers them
         self._last_ckpt = now
-        for key, tail in list(self._tails.items()):
-            tail.release(tail.emitted_seq)
-            if tail.done:
-                del self._tails[key]
-                del self._by_tid[tail.tid]
+        self._unsaved = False
+        self._writers.release()
 
     # -- notices: the aggregator's own lines in the output ---------------------------
 
@@ -475,5 +498,4 @@ class NodeAggregator(Service):
         """Drop the parent's descriptors without unlocking: the thread did not survive the fork."""
         self._lock.forget_after_fork()
         self._output.forget_after_fork()
-        for tail in self._tails.values():
-            tail.close()
+        self._writers.close()

@@ -17,9 +17,10 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from nvrxlog.core.record import WriterId
     from nvrxlog.wire.curve import CurveKeys
 
-__all__ = ["spawn_successor", "successor_command"]
+__all__ = ["left_behind_text", "spawn_successor", "successor_command"]
 
 # How long a successor waits for the tmpdir's lock: its predecessor lets go
 # after its last drain, which takes a fraction of this.
@@ -64,4 +65,14 @@ def spawn_successor(command: list[str]) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # not stopped with the rank's process group by a Ctrl-C
         close_fds=True,
+    )
+
+
+def left_behind_text(live: list[WriterId], tmp_dir: str, log_dir: str, node_id: str) -> str:
+    """What to say when no successor follows and writers still ``live`` may log more into ``tmp_dir``."""
+    names = ", ".join(str(w) for w in live[:8]) + (" ..." if len(live) > 8 else "")
+    return (
+        f"{len(live)} writer(s) still alive may log more into {tmp_dir} ({names}); no aggregator "
+        f"will take it: run `nvrxlog aggregate --tmp-dir {tmp_dir} --log-dir {log_dir} "
+        f"--node-id {node_id} --once` on this node to write it"
     )

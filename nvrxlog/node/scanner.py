@@ -6,6 +6,7 @@ import os
 from typing import NamedTuple
 
 from nvrxlog.core.record import WriterId, parse_file_name
+from nvrxlog.core.tmpdir import foreign_owner
 
 __all__ = ["FoundFile", "TmpDirScanner"]
 
@@ -66,6 +67,17 @@ class TmpDirScanner:
                 if not regular:
                     kind = "symlink" if entry.is_symlink() else "not a regular file"
                     skipped.append(f"{name!r} ({kind})")
+                    continue
+                # In a shared sticky tmpdir another user can create files
+                # with our names; reading them would put their lines in the
+                # job's log as if a rank wrote them. Only new names get here,
+                # so this is one lstat per file, not per scan.
+                try:
+                    owner = foreign_owner(entry.stat(follow_symlinks=False))
+                except OSError:
+                    continue  # gone since the listing
+                if owner is not None:
+                    skipped.append(f"{name!r} (owned by uid {owner}, not by this user)")
                     continue
                 found.append(FoundFile(parsed[0], parsed[1], name))
         self._names = seen

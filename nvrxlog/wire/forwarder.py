@@ -41,6 +41,7 @@ from nvrxlog.wire.wakeup import Wakeup
 __all__ = ["Forwarder"]
 
 _MESSAGE_TARGET = 1 << 20  # consecutive small batches travel together up to this size
+_ACK_SAVE_RETRY_S = 1.0  # a full disk is not retried on every message
 
 #: Reports a problem as a line in the node's output: ``notice(text)``.
 Notice = Callable[[str], None]
@@ -93,6 +94,8 @@ class Forwarder:
         self._losses = LossLedger(self.spool.load_lost())
         self._loss_seq = 0
         self._started_ns = time.time_ns()
+        self._ack_problem = False  # the last save of the acknowledged position failed (reported)
+        self._ack_retry_at = 0.0
 
     def start(self) -> Forwarder:
         """Start the forwarding thread."""
@@ -101,6 +104,11 @@ class Forwarder:
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-forwarder-{self.node_id}", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """True while the forwarding thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
 
     def submit(self, records: list, watermark: int) -> None:
         """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
@@ -159,7 +167,7 @@ class Forwarder:
         if kind == ACK:
             acked = int(orjson.loads(frames[1])["acked"])
             before = self.spool.acked
-            self.spool.ack(acked)
+            self._ack_saved(self.spool.ack(acked), now)
             self.stats["acked_batches"] += self.spool.acked - before
             link.acked(self.spool.acked)
         elif kind == WELCOME:
@@ -174,6 +182,22 @@ class Forwarder:
             self._notice(
                 f"the streamer {self.endpoint} refused this node: {reason}; "
                 f"forwarding stopped, records stay spooled in {self.spool.directory}"
+            )
+
+    def _ack_saved(self, problem: OSError | None, now: float) -> None:
+        """Note how saving the acknowledged position went: a failure is reported once and retried later."""
+        if problem is None:
+            if self._ack_problem:
+                self._ack_problem = False
+                self._notice(f"the acknowledged position in {self.spool.directory} is saved again")
+            return
+        self._ack_retry_at = now + _ACK_SAVE_RETRY_S
+        if not self._ack_problem:
+            self._ack_problem = True
+            self.stats["ack_save_failures"] = self.stats.get("ack_save_failures", 0) + 1
+            self._notice(
+                f"cannot save the acknowledged position in {self.spool.directory}: {problem.strerror}; "
+                "forwarding goes on with it kept in memory and retries the save"
             )
 
     # -- the forwarding thread ------------------------------------------------------
@@ -249,6 +273,8 @@ class Forwarder:
                 link.reconnected(now)
                 self.stats["reconnects"] += 1
                 continue
+            if self._ack_problem and now >= self._ack_retry_at:
+                self._ack_saved(spool.save_acked(), now)
             if link.ready:
                 self._report_loss()
             while link.has_room():

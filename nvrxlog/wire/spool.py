@@ -56,6 +56,7 @@ class Spool:
         self._lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
         self.acked = self._load_acked()
+        self._saved_acked: int | None = self.acked  # what the file holds (None: unknown)
         self._segments: dict[int, _Segment] = {}  # by the seq of the segment's first batch
         self.next_seq = self.acked + 1
         for name in sorted(os.listdir(directory)):
@@ -74,19 +75,31 @@ class Spool:
     def append(self, records: list, watermark: int, *, count: int | None = None) -> tuple[int, list[Dropped]]:
         """Spool one batch; return its seq and any batches dropped to stay in bounds.
 
+        Raises OSError with the spool as it was (the batch not in it).
+
         ``watermark``: the node has now handed over every record up to this time.
         ``count``: how many of ``records`` are the job's own (default: all).
         """
         body = pack(records)
         with self._lock:
             seq = self.next_seq
-            self.next_seq += 1
             n = len(records) if count is None else count
             data = orjson.dumps({"b": seq, "c": watermark, "n": n, **body}) + b"\n"
             if self._fd < 0 or self._segments[self._current].size >= self.segment_bytes:
                 self._roll(seq)
-            write_all(self._fd, data)
             segment = self._segments[self._current]
+            try:
+                write_all(self._fd, data)
+            except OSError:
+                # A full disk can cut the batch mid-line; the next one would
+                # be glued to it and both lost. Cut back to the whole batches;
+                # the seq is not used, so a retry takes it.
+                try:
+                    os.ftruncate(self._fd, segment.size)
+                except OSError:
+                    pass
+                raise
+            self.next_seq += 1
             segment.size += len(data)
             segment.last = seq
             segment.counts[seq] = n
@@ -95,6 +108,7 @@ class Spool:
     def _roll(self, seq: int) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1  # if the open below fails, the next append tries again (never a stale fd)
         path = os.path.join(self.directory, f"seg-{seq:012d}.nvs")
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._segments[seq] = _Segment(path, 0, seq - 1, {})
@@ -170,21 +184,47 @@ class Spool:
         starts = sorted(first for first, s in self._segments.items() if s.last >= seq)
         return (starts[0], 0) if starts else None
 
-    def ack(self, seq: int) -> None:
-        """Everything up to ``seq`` is durable at the streamer: free its segments."""
+    def ack(self, seq: int) -> OSError | None:
+        """Everything up to ``seq`` is durable at the streamer: free its segments, save the position.
+
+        Returns the error if the position could not be saved (a full disk):
+        it is kept in memory, so forwarding goes on, and ``save_acked``
+        retries. Until it is saved a restart resends those batches, which the
+        streamer drops as duplicates: nothing is lost, nothing doubled.
+        """
         with self._lock:
-            if seq <= self.acked:
-                return
-            self.acked = min(seq, self.next_seq - 1)
-            for first in sorted(self._segments):
-                segment = self._segments[first]
-                if segment.last <= self.acked and first != self._current:
-                    del self._segments[first]
-                    os.unlink(segment.path)
-            tmp = os.path.join(self.directory, f"{_ACKED}.tmp")
+            if seq > self.acked:
+                self.acked = min(seq, self.next_seq - 1)
+                for first in sorted(self._segments):
+                    segment = self._segments[first]
+                    if segment.last <= self.acked and first != self._current:
+                        del self._segments[first]
+                        _unlink(segment.path)  # first: it frees the space the save may need
+                self._saved_acked = None
+            return self._save_acked()
+
+    def save_acked(self) -> OSError | None:
+        """Retry saving an acknowledged position that could not be saved; the error if it still cannot."""
+        with self._lock:
+            return self._save_acked()
+
+    @property
+    def acked_unsaved(self) -> bool:
+        """True while the acknowledged position in memory is ahead of the one on disk."""
+        return self._saved_acked != self.acked
+
+    def _save_acked(self) -> OSError | None:
+        if self._saved_acked == self.acked:
+            return None
+        tmp = os.path.join(self.directory, f"{_ACKED}.tmp")
+        try:
             with open(tmp, "w") as f:
                 f.write(str(self.acked))
             os.replace(tmp, os.path.join(self.directory, _ACKED))
+        except OSError as exc:
+            return exc
+        self._saved_acked = self.acked
+        return None
 
     @property
     def unacked(self) -> int:
@@ -228,8 +268,9 @@ class Spool:
             if self._rfile is not None:
                 self._rfile.close()
                 self._rfile = None
+            self._save_acked()  # a last try; if it fails the next run resends, deduplicated
             for first in [f for f, s in self._segments.items() if s.last <= self.acked]:
-                os.unlink(self._segments.pop(first).path)
+                _unlink(self._segments.pop(first).path)
 
     # -- recovery -------------------------------------------------------------------
 
@@ -262,6 +303,14 @@ class Spool:
             return
         self._segments[first] = _Segment(path, size, last, counts)
         self.next_seq = max(self.next_seq, last + 1)
+
+
+def _unlink(path: str) -> None:
+    # A segment someone deleted by hand (to free a full disk) is as good as freed.
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _seq_of(line: bytes) -> int | None:
