@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nvrxlog.rank import setup as _setup
@@ -107,6 +108,26 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
+
+
+def aggregators(tmp_path: Path) -> list[psutil.Process]:
+    """Aggregator processes (successors) serving the tmpdir ``tmp_path / "tmp"`` of a test's node."""
+    tmp = str(tmp_path / "tmp")
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "aggregate" in cmdline and tmp in cmdline:
+            found.append(proc)
+    return found
+
+
+def node_settled(tmp_path: Path) -> None:
+    """Wait until no successor aggregator serves the test's node: its files are complete then.
+
+    A rank exits without waiting for its peers; when local rank 0 goes first a
+    successor finishes the node file a moment after the last rank exited.
+    """
+    wait_for(lambda: not aggregators(tmp_path), 60, "the node's successor aggregator to finish")
 
 
 def parse_text_records(path: Path) -> list[dict]:

@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
-from conftest import HERE, node_env, parse_text_records, wait_for
+from conftest import HERE, aggregators, node_env, parse_text_records, wait_for
 
 from nvrxlog import Streamer
 
@@ -40,17 +39,6 @@ def _records(tmp_path: Path) -> list[dict]:
     return parse_text_records(path) if path.exists() else []
 
 
-def _aggregators(tmp_path: Path) -> list[psutil.Process]:
-    """Aggregator processes (successors) serving this test's tmpdir."""
-    tmp = str(tmp_path / "tmp")
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "aggregate" in cmdline and tmp in cmdline:
-            found.append(proc)
-    return found
-
-
 def _wait_all(procs: list[subprocess.Popen], timeout: float = 60) -> float:
     """Wait for every process; return the seconds until the last one exited."""
     start = time.monotonic()
@@ -68,7 +56,7 @@ def test_every_ranks_crash_is_one_error_record_and_nobody_waits(tmp_path: Path) 
     assert [p.returncode for p in procs] == [1, 1, 1, 1]
     assert took < plain + 5, f"exit took {took:.1f}s with nvrxlog, {plain:.1f}s without"
     wait_for(lambda: len([r for r in _records(tmp_path) if r["level"] == "ERROR"]) >= 4, 60, "four ERROR records")
-    wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to finish and exit")
+    wait_for(lambda: not aggregators(tmp_path), 60, "the successor to finish and exit")
     records = _records(tmp_path)
     errors = {r["rank"]: r for r in records if r["level"] == "ERROR"}
     assert sorted(errors) == ["0", "1", "2", "3"] and len([r for r in records if r["level"] == "ERROR"]) == 4
@@ -102,7 +90,7 @@ def test_sigkill_of_the_host_rank_does_not_stop_the_node_file(tmp_path: Path) ->
     (tmp_path / "shared" / "stop").touch()
     _wait_all(procs[1:])
     counts = {rank: int((tmp_path / "shared" / f"count.{rank}").read_text()) for rank in (1, 2)}
-    wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to finish and exit")
+    wait_for(lambda: not aggregators(tmp_path), 60, "the successor to finish and exit")
     records = _records(tmp_path)
     for rank, count in counts.items():
         lines = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith(f"r{rank} i")]
@@ -145,7 +133,7 @@ def test_hand_over_under_load_is_exactly_once_in_order(tmp_path: Path, attempt: 
     (tmp_path / "shared" / "stop").touch()
     _wait_all(procs)
     counts = {rank: int((tmp_path / "shared" / f"count.{rank}").read_text()) for rank in range(8)}
-    wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to finish and exit")
+    wait_for(lambda: not aggregators(tmp_path), 60, "the successor to finish and exit")
     records = _records(tmp_path)
     for rank, count in counts.items():
         lines = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith(f"r{rank} i")]
@@ -197,7 +185,7 @@ def test_ranks_that_end_right_after_the_host_was_killed_still_reach_the_file(tmp
     _wait_all(procs[1:])
     # Well inside the watch's grace period: a successor must have been started by the ending ranks themselves.
     wait_for(lambda: not list((tmp_path / "tmp").glob("nvrx.*.jsonl")), 60, "every temp file written and removed")
-    wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to finish and exit")
+    wait_for(lambda: not aggregators(tmp_path), 60, "the successor to finish and exit")
     records = _records(tmp_path)
     for rank in (1, 2):
         lines = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith(f"r{rank} i")]
@@ -214,7 +202,7 @@ def test_every_ranks_crash_reaches_the_cluster_file_too(tmp_path: Path) -> None:
     with Streamer("tcp://127.0.0.1:0", str(cluster)) as streamer:
         procs = _ranks(tmp_path, "crash", 4, TEST_CAPTURE="all", NVRX_LOG_STREAMER=streamer.endpoint)
         _wait_all(procs)
-        wait_for(lambda: not _aggregators(tmp_path), 60, "the successor to deliver and exit")
+        wait_for(lambda: not aggregators(tmp_path), 60, "the successor to deliver and exit")
         wait_for(lambda: streamer.stats["records"] >= 4 * 51 + 4, 60, "every record at the streamer")
     errors = [r for r in parse_text_records(cluster) if r["level"] == "ERROR"]
     assert sorted(r["rank"] for r in errors) == ["0", "1", "2", "3"]
@@ -228,7 +216,7 @@ def test_a_successor_drains_and_exits_promptly_on_sigterm(tmp_path: Path) -> Non
     wait_for(lambda: any(r["msg"].startswith("r1 i") for r in _records(tmp_path)), 60, "rank 1 in the node file")
     (tmp_path / "shared" / "stop.0").touch()
     procs[0].wait(timeout=30)
-    successor = wait_for(lambda: _aggregators(tmp_path), 60, "the successor")[0]
+    successor = wait_for(lambda: aggregators(tmp_path), 60, "the successor")[0]
     before = len(_records(tmp_path))
     wait_for(lambda: len(_records(tmp_path)) > before + 100, 60, "the successor writing rank 1's lines")
     start = time.monotonic()
@@ -238,7 +226,7 @@ def test_a_successor_drains_and_exits_promptly_on_sigterm(tmp_path: Path) -> Non
     # Rank 1 goes on; its own watch starts the next successor, which resumes from the checkpoint.
     (tmp_path / "shared" / "stop").touch()
     procs[1].wait(timeout=30)
-    wait_for(lambda: not _aggregators(tmp_path), 60, "the next successor to finish and exit")
+    wait_for(lambda: not aggregators(tmp_path), 60, "the next successor to finish and exit")
     count = int((tmp_path / "shared" / "count.1").read_text())
     lines = [int(r["msg"].split()[1][1:]) for r in _records(tmp_path) if r["msg"].startswith("r1 i")]
     assert lines == list(range(count)), "every line of rank 1 once, in order, across both successors"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import node_env, parse_text_records, run_worker, start_worker
+from conftest import node_env, node_settled, parse_text_records, run_worker, start_worker
 
 from nvrxlog import NodeAggregator
 
@@ -28,6 +28,7 @@ def test_eight_ranks_fast_rotation_deliver_every_record_once_in_order(tmp_path: 
         procs.append(start_worker("--count", count, "--pad", 60, "--done-dir", done, "--wait-ranks", wait, env=env))
     for proc in procs:
         assert proc.wait(timeout=240) == 0
+    node_settled(tmp_path)
 
     records = parse_text_records(tmp_path / "logs" / "nvrx_log_node001.log")
     ours = [r for r in records if r["msg"].startswith("r")]
@@ -89,6 +90,7 @@ def test_traceback_comes_out_as_one_unbroken_block(tmp_path: Path) -> None:
     ]
     for proc in procs:
         assert proc.wait(timeout=60) == 0
+    node_settled(tmp_path)
     records = parse_text_records(tmp_path / "logs" / "nvrx_log_node001.log")
     failures = [r for r in records if r["level"] == "ERROR"]
     assert len(failures) == 4
