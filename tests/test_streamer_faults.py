@@ -258,3 +258,22 @@ def test_curve_lets_only_allowed_clients_write(tmp_path: Path) -> None:
     records = json_lines(out)
     assert [r["msg"] for r in records if r["file"] != "nvrxlog"] == [f"r0 i{i}" for i in range(100)]
     assert {r["node"] for r in records} == {"n0", "streamer"}, "nothing from the intruders"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("json", [False, True])
+def test_a_deeply_nested_message_does_not_kill_the_streamer(tmp_path: Path, json: bool) -> None:
+    """One ~2 KB batch whose msg is a 1,000-deep list: that record is shown cut short, the streamer serves on."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=json) as streamer:
+        context = zmq.Context()
+        evil = _dealer(streamer.endpoint, context, node="evil")
+        deep = _batch([_record("DEEP", 0), _record("honest 1", 1)]).replace(b'"DEEP"', b"[" * 1000 + b"]" * 1000)
+        evil.send_multipart([b"B", deep])
+        evil.send_multipart([b"B", _batch([_record("honest 2", 2)]).replace(b'"b":1', b'"b":2')])
+        wait_for(lambda: streamer.stats["records"] >= 3, what="all three records")
+        assert streamer._thread.is_alive()
+        context.destroy(linger=0)
+    text = out.read_text()
+    assert "honest 1" in text and "honest 2" in text and "[[[[[[[...]]]]]]]" in text
+    assert streamer.stats["bad_messages"] == 1 and "had a msg that is not text" in text

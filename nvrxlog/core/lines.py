@@ -14,7 +14,7 @@ from operator import floordiv, itemgetter
 import orjson
 
 from nvrxlog.config import LogConfig
-from nvrxlog.core.report import ErrorCounter
+from nvrxlog.core.report import ErrorCounter, safe_repr
 from nvrxlog.rank.message import message_text
 
 __all__ = ["LineFormat", "RankFormatter", "record_fields"]
@@ -49,7 +49,7 @@ class LineFormat:
                 texts = self.column_lines(map(_TS, records), level, node, labels, file, line, msg, len(records))
                 if texts is not None:
                     return texts
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, RecursionError):
                 pass  # odd fields: line() shows them leniently, one by one
         return [self.line(r, r["node"]) for r in records]
 
@@ -67,11 +67,15 @@ class LineFormat:
         """Text lines of ``count`` records given field by field, made in C at the streamer's rate.
 
         None if untrusted text needs defanging (a control character or a line
-        break inside a record): then each record goes through ``line``. The
+        break inside a record) or a field cannot be shown as it is: then each
+        record goes through ``line``. The
         check is one pass over all the lines at once.
         """
         stamps = map(self._stamps.__getitem__, map(floordiv, ts, repeat(1_000_000)))
-        texts = list(map(_TEXT.__mod__, zip(stamps, levels, nodes, labels, files, line_numbers, msgs, strict=True)))
+        try:
+            texts = list(map(_TEXT.__mod__, zip(stamps, levels, nodes, labels, files, line_numbers, msgs, strict=True)))
+        except RecursionError:
+            return None  # a field nested past any limit: line() shows it bounded, record by record
         if self.untrusted and _needs_defanging("".join(texts).encode("utf-8", "surrogatepass"), count):
             return None
         return texts
@@ -85,8 +89,11 @@ class LineFormat:
         if self.json or not self.untrusted:
             return "".join([self.line(r, node) for r in records]).encode("utf-8", "backslashreplace")
         raw = self._raw_line
-        data = "".join([raw(r, node) for r in records]).encode("utf-8", "backslashreplace")
-        if _needs_defanging(data, len(records)):
+        try:
+            data = "".join([raw(r, node) for r in records]).encode("utf-8", "backslashreplace")
+        except RecursionError:
+            data = b""  # a field nested past any limit: line() shows it bounded
+        if not data or _needs_defanging(data, len(records)):
             data = "".join([self.line(r, node) for r in records]).encode("utf-8", "backslashreplace")
         return data
 
@@ -95,7 +102,15 @@ class LineFormat:
         return self._labels[ranks]
 
     def line(self, record: dict, node: str) -> str:
-        """One output line (two or more for a multi-line message), with its newline."""
+        """One output line (two or more for a multi-line message), with its newline; never raises."""
+        try:
+            return self._line(record, node)
+        except (RecursionError, TypeError, ValueError):
+            # A field nested past any limit (or a number JSON cannot hold):
+            # shown bounded, so one record's problem costs only itself.
+            return self._line(_bounded(record), node)
+
+    def _line(self, record: dict, node: str) -> str:
         if self.json:
             return orjson.dumps({"node": node, **record}).decode() + "\n"
         text = self._raw_line(record, node)
@@ -174,6 +189,16 @@ class _Labels(dict):
         if len(self) < 65536:  # one entry per distinct rank set
             self[ranks] = label
         return label
+
+
+def _bounded(record: dict) -> dict:
+    """``record`` with every value that is not a plain scalar shown as a short repr."""
+    return {str(k): v if _plain(v) else safe_repr(v) for k, v in record.items()}
+
+
+def _plain(value: object) -> bool:
+    kind = type(value)
+    return kind is str or kind is bool or value is None or (kind in (int, float) and abs(value) < 1 << 63)
 
 
 def _needs_defanging(data: bytes, count: int) -> bool:

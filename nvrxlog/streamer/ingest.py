@@ -22,6 +22,7 @@ import orjson
 from nvrxlog.config import sanitize_name
 from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
+from nvrxlog.core.record import text_messages, texts
 from nvrxlog.streamer.merge import Chunk
 from nvrxlog.wire.columns import COLUMNS, read_profile, unpack
 
@@ -68,6 +69,7 @@ class Ingest:
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("duplicates", 0)
         self.stats.setdefault("bad_frames", 0)
+        self.stats.setdefault("bad_messages", 0)
         self._notice = notice
         # Records as dicts cost more than everything else here: made only when
         # the caller needs them (a relay, a live view) or the format does.
@@ -121,6 +123,7 @@ class Ingest:
         for index, table in ((p, entries), (lv, levels), (fi, files)):
             if type(table) is not list or min(index) < 0 or max(index) >= len(table):
                 raise ValueError("a batch's table index is out of range")
+        self._not_text(node, texts(msgs))
         keys_of, nodes_of, labels_of, ranks_of = [], [], [], []
         for entry in entries:
             profile = read_profile(entry)
@@ -161,6 +164,12 @@ class Ingest:
                 lines = self.lines.lines(records)
         return Chunk(ts, keys, seqs, records, lines), ts[-1]
 
+    def _not_text(self, node: str, count: int) -> None:
+        """Count and say that ``count`` messages from ``node`` were not text (they are shown bounded)."""
+        if count:
+            self.stats["bad_messages"] += count
+            self._notice(f"{count} record(s) in a batch from {node} had a msg that is not text; shown cut short")
+
     def _all_new(self, keys: list[str], seqs: list[int], ts: list[int]) -> bool:
         """Take the records as new if they plainly are; False (nothing taken) if it needs a closer look.
 
@@ -190,6 +199,7 @@ class Ingest:
 
     def records(self, node: str, records: list) -> tuple[Chunk, int]:
         """Check and de-duplicate record by record; the new ones, and the newest time not yet written."""
+        self._not_text(node, text_messages(records))
         written, cursors = self.written, self.cursors
         items: list[tuple] = []
         keys: dict[object, str] = {}  # writer -> "node|writer", per batch (a batch holds few writers)
