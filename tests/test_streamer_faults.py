@@ -218,7 +218,7 @@ def test_hostile_columns_are_dropped_or_defanged_never_written_as_given(tmp_path
     text = out.read_text()
     assert "never written" not in text
     assert streamer.stats["bad_frames"] == len(lies)
-    assert text.count("dropped a malformed message from evil") == 1  # said once, then counted
+    assert text.count("dropped batch 1 from evil: malformed") == len(lies)  # each batch named
     assert not any(line.startswith("2024-01-01") for line in text.splitlines()), "a message must not forge a line"
     assert "\x1b" not in text and "[_._.._tmp_z__ERROR_]" in text
     far = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((2**63 - 1) // 10**9))  # the last 64-bit time
@@ -277,3 +277,37 @@ def test_a_deeply_nested_message_does_not_kill_the_streamer(tmp_path: Path, json
     text = out.read_text()
     assert "honest 1" in text and "honest 2" in text and "[[[[[[[...]]]]]]]" in text
     assert streamer.stats["bad_messages"] == 1 and "had a msg that is not text" in text
+
+
+def _numbered(b: int, node_records: list[dict]) -> bytes:
+    return orjson.dumps({"b": b, "c": time.time_ns(), "n": len(node_records), "r": node_records})
+
+
+@pytest.mark.timeout(60)
+def test_one_bad_payload_in_a_message_costs_only_its_own_batch(tmp_path: Path) -> None:
+    """Batches 1, {broken, a bad batch 3 and 4: 1 and 4 are written, both drops named before any ack covers them."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        context = zmq.Context()
+        node = _dealer(streamer.endpoint, context, node="n0")
+        bad3 = orjson.dumps({"b": 3, "c": 0, "r": [_record("never", 9)], "t": "x"})
+        node.send_multipart(
+            [b"B", _numbered(1, [_record("one", 0)]), b"{broken", bad3, _numbered(2, [_record("two", 1)])]
+        )
+        node.send_multipart([b"B", _numbered(4, [_record("four", 2)])])
+        acked = -1
+        deadline = time.monotonic() + 20
+        while acked < 4 and time.monotonic() < deadline:
+            if node.poll(100):
+                kind, body = node.recv_multipart()
+                assert kind == b"A"
+                acked = orjson.loads(body)["acked"]
+                if acked >= 3:  # an ack covering the drops: their notices are in the file already
+                    notices = [r["msg"] for r in json_lines(out) if "dropped" in r["msg"]]
+                    assert any("dropped a batch from n0: malformed" in m for m in notices), notices
+                    assert any("dropped batch 3 from n0: malformed" in m for m in notices), notices
+        assert acked == 4
+        context.destroy(linger=0)
+    msgs = [r["msg"] for r in json_lines(out) if r["node"] == "n0"]
+    assert msgs == ["one", "two", "four"]
+    assert streamer.stats["dropped_batches"] == 2 and streamer.stats["batches"] == 3

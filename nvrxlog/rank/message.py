@@ -51,4 +51,3 @@ def full_message(record: logging.LogRecord, msg: str, errors: ErrorCounter) -> s
         errors.report("truncated", f"a message over {MAX_MESSAGE_CHARS} characters was cut")
         msg = f"{msg[:MAX_MESSAGE_CHARS]}... [nvrxlog: truncated {cut} characters]"
     return msg
-

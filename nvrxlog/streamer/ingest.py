@@ -26,7 +26,10 @@ from nvrxlog.core.record import text_messages, texts
 from nvrxlog.streamer.merge import Chunk
 from nvrxlog.wire.columns import COLUMNS, read_profile, unpack
 
-__all__ = ["Batch", "Ingest", "record_key"]
+__all__ = ["MALFORMED", "Batch", "Ingest", "batch_seq", "record_key"]
+
+#: What ``Ingest.batch`` raises for a payload it cannot take (RecursionError: a field nested past any limit).
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 
 _MAX_NAME = 64
 _NAME_CACHE = 100_000
@@ -44,6 +47,15 @@ class Batch(NamedTuple):
 def record_key(node: str, writer: object) -> str:
     """``node|writer``: what de-duplication and the checkpoint count by."""
     return f"{node}|{str(writer)[:200]}"
+
+
+def batch_seq(payload: bytes) -> int | None:
+    """The batch seq a malformed payload names, if it can be read; for the notice that names the drop."""
+    try:
+        seq = orjson.loads(payload)["b"]
+    except MALFORMED:
+        return None
+    return seq if type(seq) is int else None
 
 
 class Ingest:

@@ -21,14 +21,14 @@ from nvrxlog.config import sanitize_name
 from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
 from nvrxlog.core.record import notice_record
-from nvrxlog.core.report import ErrorCounter
+from nvrxlog.core.report import ErrorCounter, describe
 from nvrxlog.core.service import Service
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError, TransportError
-from nvrxlog.streamer.ingest import Ingest, record_key
+from nvrxlog.streamer.ingest import MALFORMED, Ingest, batch_seq, record_key
 from nvrxlog.streamer.merge import Chunk, MergeBuffer, Ready
 from nvrxlog.streamer.output import ClusterOutput
-from nvrxlog.streamer.sessions import Sessions
+from nvrxlog.streamer.sessions import Session, Sessions
 from nvrxlog.streamer.sockets import bind_sockets
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.forwarder import Forwarder
@@ -52,6 +52,8 @@ from nvrxlog.wire.wakeup import Wakeup
 __all__ = ["Streamer"]
 
 _INF = float("inf")
+#: Dropped batches named one by one per session; past this a hostile peer's flood is only counted.
+_NAMED_DROPS = 20
 #: Seconds between heartbeats on the live socket (``nvrxlog tail`` says when they stop).
 LIVE_HEARTBEAT = 1.0
 
@@ -99,6 +101,7 @@ class Streamer(Service):
             "nodes": 0,
             "late": 0,
             "refused": 0,
+            "dropped_batches": 0,
         }
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
@@ -311,11 +314,7 @@ class Streamer(Service):
             if kind == BATCH and session is not None and len(frames) >= 3:
                 self._notices(sessions.seen(session.node, now))
                 for payload in frames[2:]:
-                    batch = self._ingest.batch(session.node, payload)
-                    self._pending.add(batch.chunk)
-                    self.stats["batches"] += 1
-                    session.acks.append((batch.seq, batch.newest))
-                    sessions.advance(session.node, batch.watermark)
+                    self._batch(session, payload)
             elif kind == PING and session is not None:
                 self._notices(sessions.seen(session.node, now))
                 if len(frames) == 3:
@@ -345,7 +344,7 @@ class Streamer(Service):
                 raise ValueError(f"unknown message kind {kind[:8]!r}")
         except zmq.Again:
             pass  # the peer's queue is full; it will ask again
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except MALFORMED as exc:
             self.stats["bad_frames"] += 1
             who = session.node if session else "an unknown peer"
             if session is None or not session.bad:
@@ -353,11 +352,37 @@ class Streamer(Service):
             if session is not None:
                 session.bad += 1
 
+    def _batch(self, session: Session, payload: bytes) -> None:
+        """Take one batch payload of a message; each is judged alone, so a bad one costs only itself."""
+        try:
+            batch = self._ingest.batch(session.node, payload)
+        except MALFORMED as exc:
+            self._dropped(session, payload, exc)
+            return
+        self._pending.add(batch.chunk)
+        self.stats["batches"] += 1
+        session.expect_ack(batch.seq, batch.newest)
+        self._sessions.advance(session.node, batch.watermark)
+
+    def _dropped(self, session: Session, payload: bytes, exc: BaseException) -> None:
+        """Count and name a dropped batch; its ack (and every later one) waits for the notice to be written."""
+        self.stats["bad_frames"] += 1
+        self.stats["dropped_batches"] += 1
+        session.bad += 1
+        seq = batch_seq(payload)
+        if session.bad <= _NAMED_DROPS:
+            what = "a batch" if seq is None else f"batch {seq}"
+            more = "; further ones are counted, not named" if session.bad == _NAMED_DROPS else ""
+            session.hold = self._notice(f"dropped {what} from {session.node}: malformed ({describe(exc)[:200]}){more}")
+        if seq is not None:
+            session.expect_ack(seq, -1)
+
     def _notices(self, notices: list[tuple[str, str]]) -> None:
         for text, level in notices:
             self._notice(text, level)
 
-    def _notice(self, text: str, level: str = "WARNING") -> None:
+    def _notice(self, text: str, level: str = "WARNING") -> int:
+        """Put a line of the streamer's own in the output; its time (written once the cutoff passes it)."""
         self._notice_seq += 1
         ts = time.time_ns()
         record = notice_record(
@@ -366,6 +391,7 @@ class Streamer(Service):
         # Our own writer, de-duplicated like any other (a relay's upstream sees it as one).
         self._ingest.cursors.setdefault(self._notice_key, WriterCursor()).seq = self._notice_seq
         self._pending.add(Chunk([ts], [self._notice_key], [self._notice_seq], [record], self._format.lines([record])))
+        return ts
 
     # -- writing --------------------------------------------------------------------
 
