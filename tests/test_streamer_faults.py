@@ -311,3 +311,21 @@ def test_one_bad_payload_in_a_message_costs_only_its_own_batch(tmp_path: Path) -
     msgs = [r["msg"] for r in json_lines(out) if r["node"] == "n0"]
     assert msgs == ["one", "two", "four"]
     assert streamer.stats["dropped_batches"] == 2 and streamer.stats["batches"] == 3
+
+
+@pytest.mark.timeout(120)
+def test_a_huge_node_name_in_a_hello_is_refused_unread(tmp_path: Path) -> None:
+    """Hellos naming distinct 32 MiB nodes are refused with the reason, said in the file, and keep nothing cached."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        context = zmq.Context()
+        evil = _dealer(streamer.endpoint, context)
+        for i in range(4):
+            evil.send_multipart(hello(f"{i}" + "n" * (32 << 20)))
+            kind, body = evil.recv_multipart()
+            assert kind == b"X" and "over the limit of 4096" in orjson.loads(body)["reason"]
+        assert streamer._ingest._names == {}
+        _dealer(streamer.endpoint, context, node="honest")  # others are still welcomed
+        context.destroy(linger=0)
+    refusals = [r["msg"] for r in json_lines(out) if "refused a peer: a hello of" in r["msg"]]
+    assert len(refusals) == 4 and streamer.stats["refused"] == 4

@@ -410,7 +410,21 @@ def test_name_sanitizes_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ingest.name("n" * 100) == "n" * 64
     assert ingest.name(".hidden") == "_hidden"
     assert ingest.name("") == "_"
-    assert calls == ["../etc/passwd", "12", "n" * 100, ".hidden", ""]
+    assert calls == ["../etc/passwd", "12", "n" * 64, ".hidden", ""]
+
+
+@pytest.mark.timeout(30)
+def test_the_name_cache_keeps_no_raw_name_of_any_size() -> None:
+    """Distinct huge names are sanitised from their first characters; the cache holds short keys, a bounded number."""
+    ingest = new_ingest()
+    for i in range(3 * ingest_module._NAME_CACHE):
+        assert ingest.name(f"{i:08d}" + "x" * (1 << 12)) == (f"{i:08d}" + "x" * 56)
+    assert len(ingest._names) <= ingest_module._NAME_CACHE
+    assert max(map(len, ingest._names)) <= 64
+    deep: list = []
+    for _ in range(2000):
+        deep = [deep]
+    assert ingest.name(deep) == "_______..._______"  # not text: its short repr, sanitised
 
 
 # -- messages that are not text -------------------------------------------------------

@@ -23,6 +23,7 @@ from nvrxlog.config import sanitize_name
 from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
 from nvrxlog.core.record import text_messages, texts
+from nvrxlog.core.report import safe_repr
 from nvrxlog.streamer.merge import Chunk
 from nvrxlog.wire.columns import COLUMNS, read_profile, unpack
 
@@ -32,7 +33,7 @@ __all__ = ["MALFORMED", "Batch", "Ingest", "batch_seq", "record_key"]
 MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 
 _MAX_NAME = 64
-_NAME_CACHE = 100_000
+_NAME_CACHE = 10_000  # keys of at most _MAX_NAME characters: about 1 MiB
 
 
 class Batch(NamedTuple):
@@ -108,13 +109,19 @@ class Ingest:
         return Batch(seq, watermark, chunk, newest)
 
     def name(self, raw: object) -> str:
-        """A node name from the network, sanitised (names reach file names and lines), cached."""
-        text = str(raw)
+        """A node name from the network, sanitised (names reach file names and lines), cached.
+
+        Only the first characters of a name count (sanitising maps one
+        character to one), so the cache never keeps more of a raw name than
+        that, however large the name sent; when full it starts afresh.
+        """
+        text = (raw if type(raw) is str else safe_repr(raw))[:_MAX_NAME]
         name = self._names.get(text)
         if name is None:
             name = sanitize_name(text, limit=_MAX_NAME)
-            if len(self._names) < _NAME_CACHE:
-                self._names[text] = name
+            if len(self._names) >= _NAME_CACHE:
+                self._names.clear()
+            self._names[text] = name
         return name
 
     def _columns(self, node: str, body: dict) -> tuple[Chunk, int]:

@@ -45,6 +45,7 @@ from nvrxlog.wire.protocol import (
     RESET,
     TAIL,
     WELCOME,
+    hello_size_problem,
     version_problem,
 )
 from nvrxlog.wire.wakeup import Wakeup
@@ -321,14 +322,15 @@ class Streamer(Service):
                     sessions.advance(session.node, int(frames[2]))
                 router.send_multipart([peer, PING], zmq.NOBLOCK)
             elif kind == HELLO and len(frames) == 3:
+                problem = hello_size_problem(len(frames[2]))
+                if problem is not None:  # not parsed: its name would cost memory as large as the frame
+                    self._refuse(router, peer, "a peer", problem)
+                    return
                 hello = orjson.loads(frames[2])
                 node = self._ingest.name(hello["node"])
                 problem = version_problem(hello)
                 if problem is not None:
-                    self.stats["refused"] += 1
-                    self._notice(f"refused node {node}: {problem}")
-                    reply = orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})
-                    router.send_multipart([peer, REFUSED, reply], zmq.NOBLOCK)
+                    self._refuse(router, peer, f"node {node}", problem)
                     return
                 credit, notices = sessions.hello(peer, node, now)
                 self._notices(notices)
@@ -351,6 +353,12 @@ class Streamer(Service):
                 self._notice(f"dropped a malformed message from {who}: {str(exc)[:200]}")
             if session is not None:
                 session.bad += 1
+
+    def _refuse(self, router: zmq.Socket, peer: bytes, who: str, problem: str) -> None:
+        self.stats["refused"] += 1
+        self._notice(f"refused {who}: {problem}")
+        reply = orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})
+        router.send_multipart([peer, REFUSED, reply], zmq.NOBLOCK)
 
     def _batch(self, session: Session, payload: bytes) -> None:
         """Take one batch payload of a message; each is judged alone, so a bad one costs only itself."""
