@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from conftest import emit, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog.config import LogConfig
+from nvrxlog.errors import ConfigError, TransportError
 from nvrxlog.rank.handler import NodeLocalHandler
 from nvrxlog.wire.columns import pack
 from nvrxlog.wire.curve import CurveKeys
@@ -329,3 +332,32 @@ def test_a_huge_node_name_in_a_hello_is_refused_unread(tmp_path: Path) -> None:
         context.destroy(linger=0)
     refusals = [r["msg"] for r in json_lines(out) if "refused a peer: a hello of" in r["msg"]]
     assert len(refusals) == 4 and streamer.stats["refused"] == 4
+
+
+def _our_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("nvrxlog-")]
+
+
+@pytest.mark.timeout(30)
+def test_bad_forward_keys_are_a_clear_error_at_start(tmp_path: Path) -> None:
+    """A relay given unusable CURVE key files fails start() with a ConfigError naming the file; nothing runs."""
+    keys = CurveKeys(server_public=str(tmp_path / "absent.key"), client_secret=str(tmp_path / "absent.key_secret"))
+    relay = Streamer("tcp://127.0.0.1:0", str(tmp_path / "relay.log"), forward="tcp://127.0.0.1:9", forward_curve=keys)
+    with pytest.raises(ConfigError, match="absent.key"):
+        relay.start()
+    assert _our_threads() == []
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_bind_raises_promptly_and_leaves_no_thread_running(tmp_path: Path) -> None:
+    """A relay whose port is taken fails start() within seconds, its own and its forwarder's threads gone."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bind = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        relay = Streamer(bind, str(tmp_path / "relay.log"), forward=f"tcp://127.0.0.1:{free_port()}")
+        began = time.monotonic()
+        with pytest.raises(TransportError, match="could not start"):
+            relay.start()
+        assert time.monotonic() - began < 5
+    wait_for(lambda: not _our_threads(), timeout=5, what="no nvrxlog thread left")

@@ -160,10 +160,6 @@ class NodeAggregator(Service):
             if self.streamer:
                 from nvrxlog.wire.forwarder import Forwarder  # ZeroMQ only where forwarding is used
 
-                curve = self._forward_options["curve"]
-                if curve is not None:
-                    curve.load()  # a key problem is a clear error now, not a dead thread later
-
                 spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
                 self._forwarder = Forwarder(
                     self.streamer, self.node_id, spool, notice=self._notice, **self._forward_options

@@ -155,14 +155,18 @@ class Streamer(Service):
         self._recover()
         if self.forward:
             spool = os.path.join(os.path.dirname(self.out_path), f".nvrx_spool_relay_{self.name}")
-            self._forwarder = Forwarder(
-                self.forward,
-                self.name,
-                spool,
-                spool_max_bytes=self._spool_max,
-                notice=self._notice,
-                curve=self._forward_curve,
-            ).start()
+            try:
+                self._forwarder = Forwarder(
+                    self.forward,
+                    self.name,
+                    spool,
+                    spool_max_bytes=self._spool_max,
+                    notice=self._notice,
+                    curve=self._forward_curve,
+                ).start()
+            except BaseException:
+                self._cluster.close()  # nothing runs: the output is free for the next try
+                raise
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-streamer-{self.name}", daemon=True)
         self._thread.start()
         if not self.started.wait(timeout) or self._failure is not None:
