@@ -112,7 +112,13 @@ class LineFormat:
 
     def _line(self, record: dict, node: str) -> str:
         if self.json:
-            return orjson.dumps({"node": node, **record}).decode() + "\n"
+            text = orjson.dumps({"node": node, **record}).decode()
+            # orjson escapes C0 controls but passes the Unicode line breaks raw:
+            # a reader splitting lines the Unicode way would see a forged line.
+            # Escaped, the line is still the same JSON. (isascii is O(1).)
+            if not text.isascii() and any(brk in text for brk in _BREAKS):
+                text = text.translate(_JSON_BREAKS)
+            return text + "\n"
         text = self._raw_line(record, node)
         if self.untrusted and not text[:-1].isprintable():
             return _defang(text[:-1]) + "\n"
@@ -154,7 +160,9 @@ class LineFormat:
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9, 10)} | {127: "\\x7f"}
 _CONTROL_BYTES = bytes(_CONTROL)
 _CONTROL |= {0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u2029"}
-_UNICODE_BREAKS = tuple(chr(c).encode() for c in (0x85, 0x2028, 0x2029))
+_BREAKS = tuple(chr(c) for c in (0x85, 0x2028, 0x2029))
+_UNICODE_BREAKS = tuple(brk.encode() for brk in _BREAKS)
+_JSON_BREAKS = {ord(brk): f"\\u{ord(brk):04x}" for brk in _BREAKS}
 _TS = itemgetter("ts")
 _RANKS = itemgetter("rank", "local_rank", "infra_rank", "infra_local_rank")
 _FIELDS = tuple(map(itemgetter, ("level", "node", "file", "line", "msg")))
