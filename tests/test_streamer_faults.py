@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import zmq
 import zmq.auth
 from _net import aggregate_cli, assert_exactly_once, finish, free_port, json_lines, rank_env, stop_stream, stream_cli
-from conftest import emit, raw_record, start_worker, wait_for
+from conftest import child_env, emit, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog.config import LogConfig
@@ -172,7 +174,8 @@ def test_hostile_client_cannot_disturb_others_or_inject_paths_and_lines(tmp_path
     assert {r["node"] for r in records} <= {"good", "streamer", "_._.._etc_x__ERROR_", "_._.._.._tmp_y"}
     assert streamer.stats["bad_frames"] >= 4
     # Names from the network never became paths: only the streamer's own files exist.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".cluster.log.ckpt", "cluster.log", "logs", "tmp"]
+    own = [".cluster.log.ckpt", ".cluster.log.lock", "cluster.log", "logs", "tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == own
     text_out = tmp_path / "text.log"
     with Streamer("tcp://127.0.0.1:0", str(text_out)) as text_streamer:
         context = zmq.Context()
@@ -361,3 +364,23 @@ def test_a_failed_bind_raises_promptly_and_leaves_no_thread_running(tmp_path: Pa
             relay.start()
         assert time.monotonic() - began < 5
     wait_for(lambda: not _our_threads(), timeout=5, what="no nvrxlog thread left")
+
+
+@pytest.mark.timeout(60)
+def test_two_streamers_with_one_out_the_second_refuses(tmp_path: Path) -> None:
+    """A second `nvrxlog stream` on the same --out exits non-zero with one line naming the file and the first's pid."""
+    out = tmp_path / "cluster.log"
+    first, _ = stream_cli(out)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "nvrxlog", "stream", "--bind", "tcp://127.0.0.1:0", "--out", str(out)],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        stop_stream(first)
+    assert second.returncode != 0
+    assert f"{out} is already written by another process (pid {first.pid})" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr

@@ -5,9 +5,8 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import time
 
-from nvrxlog.core.fileio import close_quietly
+from nvrxlog.core.lock import Busy, FileLock
 from nvrxlog.errors import AggregatorBusyError, TmpDirError
 
 __all__ = ["LOCK_NAME", "AggregatorLock", "aggregator_alive", "prepare_tmp_dir"]
@@ -62,44 +61,21 @@ def aggregator_alive(tmp_dir: str) -> bool:
     return False
 
 
-class AggregatorLock:
+class AggregatorLock(FileLock):
     """The exclusive lock that makes one aggregator per tmpdir.
 
     Writers take a shared lock on the same file for a moment to ask "is
-    anyone there?" (``aggregator_alive``); taking it retries briefly so that
+    anyone there?" (``aggregator_alive``); taking it waits briefly so that
     does not look like a second aggregator.
     """
 
-    wait_s = 1.0
-
-    def __init__(self) -> None:
-        self._fd = -1
-
-    def take(self, tmp_dir: str) -> None:
+    def take(self, tmp_dir: str) -> None:  # type: ignore[override]
         """Take the lock of ``tmp_dir``; raises AggregatorBusyError or TmpDirError."""
         path = os.path.join(tmp_dir, LOCK_NAME)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            super().take(path)
+        except Busy as busy:
+            pid = f" (pid {busy.pid})" if busy.pid else ""
+            raise AggregatorBusyError(f"another aggregator{pid} already serves {tmp_dir}") from None
         except OSError as exc:
             raise TmpDirError(f"cannot create {path}: {exc.strerror}") from exc
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise AggregatorBusyError(f"another aggregator already serves {tmp_dir}") from None
-                time.sleep(0.005)  # flock has no timeout; a writer's probe lasts microseconds
-        self._fd = fd
-
-    def release(self) -> None:
-        """Release the lock (safe twice)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def forget_after_fork(self) -> None:
-        """In a forked child: close our copy without unlocking, so the parent keeps the lock."""
-        self._fd = close_quietly(self._fd)

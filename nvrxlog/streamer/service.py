@@ -196,6 +196,8 @@ class Streamer(Service):
         try:
             os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
             written = self._cluster.open()
+        except OutputError:
+            raise  # another process writes it: the message says so
         except OSError as exc:
             raise OutputError(f"cannot open {self.out_path}: {exc.strerror}") from exc
         self._ingest = Ingest(
