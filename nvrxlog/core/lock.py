@@ -12,7 +12,7 @@ import fcntl
 import os
 import time
 
-from nvrxlog.core.fileio import close_quietly
+from nvrxlog.core.fileio import close_quietly, open_own
 
 __all__ = ["Busy", "FileLock"]
 
@@ -44,7 +44,7 @@ class FileLock:
         Brief holders (a writer's shared probe, a predecessor letting go) are
         waited for; flock has no timeout, so it is retried.
         """
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = open_own(path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + self.wait_s
         while True:
             try:

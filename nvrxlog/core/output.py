@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from nvrxlog.core.fileio import write_all
+from nvrxlog.core.fileio import open_own, replace_file, write_all
 from nvrxlog.core.lock import Busy, FileLock
 from nvrxlog.errors import OutputError
 
@@ -29,6 +29,11 @@ class Checkpoint:
     out: str = ""
     out_size: int = 0
     writers: dict[str, int] = field(default_factory=dict)
+    out_id: str = ""  # "st_dev:st_ino" of the file it describes ("" in checkpoints from before it was kept)
+
+    def covers(self, path: str, file_id: str) -> bool:
+        """This checkpoint describes the very file now at ``path`` (only then may recovery cut it back)."""
+        return self.out == path and (not self.out_id or self.out_id == file_id)
 
 
 def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
@@ -43,6 +48,7 @@ def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
                 out=str(raw["out"]),
                 out_size=int(raw["out_size"]),
                 writers={str(k): int(v) for k, v in raw["writers"].items()},
+                out_id=str(raw.get("out_id", "")),
             ),
             None,
         )
@@ -60,12 +66,10 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
             "out": checkpoint.out,
             "out_size": checkpoint.out_size,
             "writers": checkpoint.writers,
+            "out_id": checkpoint.out_id,
         }
     )
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    replace_file(path, data)
 
 
 def lock_path(path: str) -> str:
@@ -125,12 +129,19 @@ class CheckpointedOutput:
     def _recover(self) -> dict[str, int]:
         self._ckpt, self.problem = load_checkpoint(self.checkpoint_path)
         ckpt = self._ckpt
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = open_own(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
-            size = os.fstat(fd).st_size
-            if ckpt.out != self.path:
+            st = os.fstat(fd)
+            size, file_id = st.st_size, f"{st.st_dev}:{st.st_ino}"
+            if not ckpt.covers(self.path, file_id):
+                # Another file than the one checkpointed (replaced since): it is
+                # adopted as it is and never cut back to a size that is not its own.
+                if ckpt.out == self.path:
+                    self.problem = f"{self.path} is not the file its checkpoint describes; adopted as it is"
                 ckpt.out, ckpt.out_size, ckpt.writers = self.path, size, {}
+                ckpt.out_id = file_id
                 save_checkpoint(self.checkpoint_path, ckpt)
+            ckpt.out_id = file_id
             self.cut = size - ckpt.out_size if size > ckpt.out_size else 0
             if self.cut:
                 os.ftruncate(fd, ckpt.out_size)

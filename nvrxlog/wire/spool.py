@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import orjson
 
-from nvrxlog.core.fileio import write_all
+from nvrxlog.core.fileio import open_own, replace_file, write_all
 from nvrxlog.wire.columns import pack
 
 __all__ = ["Spool", "Dropped"]
@@ -60,7 +60,7 @@ class Spool:
         self.next_seq = self.acked + 1
         for name in sorted(os.listdir(directory)):
             match = _SEGMENT.match(name)
-            if match:
+            if match and not os.path.islink(os.path.join(directory, name)):  # a planted link is not a segment
                 self._recover_segment(int(match[1]), os.path.join(directory, name))
         self._fd = -1
         self._current = -1
@@ -96,7 +96,7 @@ class Spool:
         if self._fd >= 0:
             os.close(self._fd)
         path = os.path.join(self.directory, f"seg-{seq:012d}.nvs")
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._fd = open_own(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments[seq] = _Segment(path, 0, seq - 1, {})
         self._current = seq
 
@@ -181,10 +181,7 @@ class Spool:
                 if segment.last <= self.acked and first != self._current:
                     del self._segments[first]
                     os.unlink(segment.path)
-            tmp = os.path.join(self.directory, f"{_ACKED}.tmp")
-            with open(tmp, "w") as f:
-                f.write(str(self.acked))
-            os.replace(tmp, os.path.join(self.directory, _ACKED))
+            replace_file(os.path.join(self.directory, _ACKED), str(self.acked).encode())
 
     @property
     def unacked(self) -> int:
@@ -214,10 +211,7 @@ class Spool:
 
     def save_lost(self, lost: list[Dropped]) -> None:
         """Persist the unreported losses atomically."""
-        tmp = os.path.join(self.directory, f"{_LOST}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps([(d.first, d.last, d.records) for d in lost]))
-        os.replace(tmp, os.path.join(self.directory, _LOST))
+        replace_file(os.path.join(self.directory, _LOST), orjson.dumps([(d.first, d.last, d.records) for d in lost]))
 
     def close(self) -> None:
         """Close the open segment (the files stay for the next run)."""
