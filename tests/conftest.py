@@ -41,6 +41,25 @@ def clean_nvrxlog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     logging.getLogger().handlers[:] = root_handlers
 
 
+def mount(*args: str) -> None:
+    """Mount a real filesystem; skip (saying why) where this machine does not allow it."""
+    result = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"needs root to mount a tmpfs (CI runs as root): {result.stderr.strip()}")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs, so writes fail with ENOSPC (needs root, as in CI)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt))
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def child_env(**extra: object) -> dict[str, str]:
     """The test's environment without nvrxlog/SLURM variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}

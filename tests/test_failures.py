@@ -6,11 +6,10 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import child_env, parse_text_records
+from conftest import child_env, mount, parse_text_records
 
 from nvrxlog import NodeAggregator, TmpDirError, setup_logger
 from nvrxlog.rank.handler import NodeLocalHandler
@@ -30,25 +29,6 @@ def _aggregate(tmp: Path, log_dir: Path) -> list[dict]:
     with NodeAggregator(str(tmp), str(log_dir), "n1"):
         pass
     return parse_text_records(log_dir / "nvrx_log_n1.log")
-
-
-def _mount(*args: str) -> None:
-    """Mount a real filesystem; skip (saying why) where this machine does not allow it."""
-    result = subprocess.run(["mount", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"needs root to mount a tmpfs (CI runs as root): {result.stderr.strip()}")
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 64 KiB tmpfs, so writes fail with ENOSPC (needs root, as in CI)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    _mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt))
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.timeout(30)
@@ -168,7 +148,7 @@ def test_read_only_tmpdir_falls_back_to_stderr_with_one_report(tmp_path: Path) -
     """A read-only tmpdir: the rank keeps running and logs to stderr, saying why once."""
     ro = tmp_path / "ro"
     ro.mkdir()
-    _mount("-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro))
+    mount("-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro))
     try:
         code = "from nvrxlog import setup_logger\nlog = setup_logger()\n[log.info('line %d', i) for i in range(5)]\n"
         result = subprocess.run(

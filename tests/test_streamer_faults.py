@@ -384,3 +384,44 @@ def test_two_streamers_with_one_out_the_second_refuses(tmp_path: Path) -> None:
     assert second.returncode != 0
     assert f"{out} is already written by another process (pid {first.pid})" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+
+
+def _fill(directory: Path) -> Path:
+    """Fill the filesystem of ``directory`` to the last byte; the filler file, to delete for space to return."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"f" * 4096)
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"f")
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.timeout(60)
+def test_a_full_out_disk_holds_acks_and_resumes_with_nothing_lost(small_fs: Path) -> None:
+    """ENOSPC on --out: the streamer lives, says so once, acknowledges nothing, writes everything once space returns."""
+    out = small_fs / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        context = zmq.Context()
+        node = _dealer(streamer.endpoint, context, node="n0")
+        filler = _fill(small_fs)
+        records = [_record(f"r0 i{i} " + "p" * 50, i) for i in range(100)]  # ~25 KB, more than is left
+        node.send_multipart([b"B", _numbered(1, records)])
+        wait_for(lambda: streamer.stats["write_failures"] >= 3, what="a few write attempts on the full disk")
+        assert not node.poll(300), "nothing may be acknowledged while it cannot be written"
+        assert streamer._thread.is_alive()
+        assert streamer.errors.counts == {"out:ENOSPC": 1}  # said once, however often it is retried
+        filler.unlink()
+        assert node.poll(20_000), "acknowledged once space returned"
+        kind, body = node.recv_multipart()
+        assert kind == b"A" and orjson.loads(body)["acked"] == 1
+        context.destroy(linger=0)
+    lines = json_lines(out)
+    assert [r["msg"] for r in lines if r["node"] == "n0"] == [r["msg"] for r in records]
+    assert any("is writable again after" in r["msg"] for r in lines)

@@ -61,10 +61,17 @@ def replace_file(path: str, data: bytes) -> None:
                 raise
             os.unlink(tmp)  # unlinking a link leaves its target alone
     try:
-        write_all(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)  # a full disk: a half temp file would only take more of the space
+        except OSError:
+            pass
+        raise
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -9,6 +9,7 @@ credit then slows the nodes. What it knows of its nodes is in ``sessions.py``.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -103,6 +104,7 @@ class Streamer(Service):
             "late": 0,
             "refused": 0,
             "dropped_batches": 0,
+            "write_failures": 0,
         }
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
@@ -118,6 +120,7 @@ class Streamer(Service):
         self._forwarder: Forwarder | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._held_since: float | None = None  # since when the output cannot be written
         self._failure: BaseException | None = None
         self._wake = Wakeup()
         self._start_ns = time.time_ns()
@@ -287,6 +290,11 @@ class Streamer(Service):
                 except zmq.Again:
                     pass
         self._flush(router, pub, final=True)
+        if self._pending:
+            self.errors.once(
+                f"{len(self._pending.take(_INF)[0] or [])} records could not be written to {self.out_path} "
+                "at stop; they were not acknowledged, so their nodes send them again to the next streamer"
+            )
 
     def _watching_records(self) -> bool:
         return any(b"rec".startswith(topic) for topic in self._watchers)
@@ -412,12 +420,15 @@ class Streamer(Service):
     def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
         cutoff = _INF if final else self._sessions.cutoff(time.time_ns(), self._hold_ns)
         ready, oldest_held = self._pending.take(cutoff)
-        if ready is not None:
-            self._write(ready, pub, handed_over(cutoff, _INF, time.time_ns()))
-            # Only writing changes what is durable; an idle flush saves nothing.
-            # Acks below stay safe: a batch is acked once its newest record is
-            # under the cutoff, so written by this flush or an earlier one.
-            self._cluster.checkpoint()
+        if ready is not None and not self._write(ready, pub, handed_over(cutoff, _INF, time.time_ns())):
+            self._pending.put_back(ready)
+            return  # holding: nothing acknowledged or forwarded past what is written
+        # Only writing changes what is durable; an idle flush saves nothing.
+        # Acks below stay safe: a batch is acked once its newest record is
+        # under the cutoff, so written by this flush or an earlier one, and
+        # checkpointed (or this returns before any ack).
+        if not self._save():
+            return
         if self._forwarder is not None:
             self._forwarder.watermark = handed_over(cutoff, oldest_held, time.time_ns())
         for peer, last in self._sessions.acks_due(cutoff):
@@ -426,13 +437,44 @@ class Streamer(Service):
             except zmq.Again:
                 pass  # the node resends and is acknowledged again
 
-    def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> None:
-        self._cluster.write(ready)
+    def _save(self) -> bool:
+        """Checkpoint what is written (if anything is new); False while that fails."""
+        if self._cluster.unsaved:
+            try:
+                self._cluster.checkpoint()
+            except OSError as exc:
+                self._hold(exc)
+                return False
+        if self._held_since is not None:
+            held, self._held_since = time.monotonic() - self._held_since, None
+            self._notice(f"{self.out_path} is writable again after {held:.0f}s; what arrived meanwhile was held")
+        return True
+
+    def _hold(self, exc: OSError) -> None:
+        """The output cannot be written (a full disk): say so once, and hold until it can.
+
+        Nothing is acknowledged meanwhile, so the nodes keep (and spool)
+        their batches, and credit bounds what is held here.
+        """
+        self.stats["write_failures"] += 1
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+            self.errors.report(
+                f"out:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
+                f"cannot write {self.out_path}: {exc.strerror}; holding (nothing acknowledged) until it can",
+            )
+
+    def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> bool:
+        try:
+            self._cluster.write(ready)
+        except OSError as exc:  # the file is as it was
+            self._hold(exc)
+            return False
         self.stats["records"] = self._cluster.records
         self.stats["late"] = self._cluster.late
         watching = self._watching_records()
         if not watching and self._forwarder is None:
-            return
+            return True
         records = ready.merged("records")
         if watching:
             # Records that arrived before anyone watched were not kept as dicts.
@@ -444,3 +486,4 @@ class Streamer(Service):
                 pass  # no subscriber keeps up: live view only, the file has everything
         if self._forwarder is not None:
             self._forwarder.submit(records, watermark)
+        return True
