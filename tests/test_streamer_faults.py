@@ -126,8 +126,8 @@ def _dealer(endpoint: str, context: zmq.Context, curve: CurveKeys | None = None,
     return sock
 
 
-def _batch(node_records: list[dict]) -> bytes:
-    return orjson.dumps({"b": 1, "c": time.time_ns(), "n": len(node_records), "r": node_records})
+def _batch(node_records: list[dict], b: int = 1) -> bytes:
+    return orjson.dumps({"b": b, "c": time.time_ns(), "n": len(node_records), "r": node_records})
 
 
 def _record(msg: str, seq: int = 0, **extra: object) -> dict:
@@ -276,17 +276,13 @@ def test_a_deeply_nested_message_does_not_kill_the_streamer(tmp_path: Path, json
         evil = _dealer(streamer.endpoint, context, node="evil")
         deep = _batch([_record("DEEP", 0), _record("honest 1", 1)]).replace(b'"DEEP"', b"[" * 1000 + b"]" * 1000)
         evil.send_multipart([b"B", deep])
-        evil.send_multipart([b"B", _batch([_record("honest 2", 2)]).replace(b'"b":1', b'"b":2')])
+        evil.send_multipart([b"B", _batch([_record("honest 2", 2)], 2)])
         wait_for(lambda: streamer.stats["records"] >= 3, what="all three records")
         assert streamer._thread.is_alive()
         context.destroy(linger=0)
     text = out.read_text()
     assert "honest 1" in text and "honest 2" in text and "[[[[[[[...]]]]]]]" in text
     assert streamer.stats["bad_messages"] == 1 and "had a msg that is not text" in text
-
-
-def _numbered(b: int, node_records: list[dict]) -> bytes:
-    return orjson.dumps({"b": b, "c": time.time_ns(), "n": len(node_records), "r": node_records})
 
 
 @pytest.mark.timeout(60)
@@ -297,10 +293,8 @@ def test_one_bad_payload_in_a_message_costs_only_its_own_batch(tmp_path: Path) -
         context = zmq.Context()
         node = _dealer(streamer.endpoint, context, node="n0")
         bad3 = orjson.dumps({"b": 3, "c": 0, "r": [_record("never", 9)], "t": "x"})
-        node.send_multipart(
-            [b"B", _numbered(1, [_record("one", 0)]), b"{broken", bad3, _numbered(2, [_record("two", 1)])]
-        )
-        node.send_multipart([b"B", _numbered(4, [_record("four", 2)])])
+        node.send_multipart([b"B", _batch([_record("one", 0)], 1), b"{broken", bad3, _batch([_record("two", 1)], 2)])
+        node.send_multipart([b"B", _batch([_record("four", 2)], 4)])
         acked = -1
         deadline = time.monotonic() + 20
         while acked < 4 and time.monotonic() < deadline:
@@ -412,7 +406,7 @@ def test_a_full_out_disk_holds_acks_and_resumes_with_nothing_lost(small_fs: Path
         node = _dealer(streamer.endpoint, context, node="n0")
         filler = _fill(small_fs)
         records = [_record(f"r0 i{i} " + "p" * 50, i) for i in range(100)]  # ~25 KB, more than is left
-        node.send_multipart([b"B", _numbered(1, records)])
+        node.send_multipart([b"B", _batch(records, 1)])
         wait_for(lambda: streamer.stats["write_failures"] >= 3, what="a few write attempts on the full disk")
         assert not node.poll(300), "nothing may be acknowledged while it cannot be written"
         assert streamer._thread.is_alive()
