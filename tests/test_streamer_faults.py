@@ -419,3 +419,28 @@ def test_a_full_out_disk_holds_acks_and_resumes_with_nothing_lost(small_fs: Path
     lines = json_lines(out)
     assert [r["msg"] for r in lines if r["node"] == "n0"] == [r["msg"] for r in records]
     assert any("is writable again after" in r["msg"] for r in lines)
+
+
+@pytest.mark.timeout(60)
+def test_a_record_nested_past_the_encoders_limit_does_not_kill_the_live_view(tmp_path: Path) -> None:
+    """With a live subscriber, a record with a 300-deep extra field is published bounded; the streamer serves on."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        context = zmq.Context()
+        live = context.socket(zmq.SUB)
+        live.connect(streamer.pub_endpoint)
+        live.subscribe(b"rec")
+        wait_for(lambda: streamer._watchers, what="the subscription to reach the streamer")
+        evil = _dealer(streamer.endpoint, context, node="evil")
+        deep = b"[" * 300 + b"]" * 300
+        evil.send_multipart([b"B", _batch([_record("DEEPX", 0)]).replace(b'"msg":"DEEPX"', b'"msg":"x","x":' + deep)])
+        evil.send_multipart([b"B", _batch([_record("after", 1)], 2)])
+        wait_for(lambda: streamer.stats["records"] >= 2, what="both records")
+        published: list[dict] = []
+        while not any("x" in r for r in published):
+            assert live.poll(10_000), "the live view must get the record"
+            published += orjson.loads(live.recv_multipart()[1])
+        assert [r["x"] for r in published if "x" in r] == ["[[[[[[[...]]]]]]]"]
+        assert streamer._thread.is_alive()
+        context.destroy(linger=0)
+    assert [r["msg"] for r in json_lines(out) if r["node"] == "evil"] == ["x", "after"]

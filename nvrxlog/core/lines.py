@@ -14,7 +14,8 @@ from operator import floordiv, itemgetter
 import orjson
 
 from nvrxlog.config import LogConfig
-from nvrxlog.core.report import ErrorCounter, safe_repr
+from nvrxlog.core.record import bounded_record
+from nvrxlog.core.report import ErrorCounter
 from nvrxlog.rank.message import message_text
 
 __all__ = ["LineFormat", "RankFormatter", "record_fields"]
@@ -108,7 +109,7 @@ class LineFormat:
         except (RecursionError, TypeError, ValueError):
             # A field nested past any limit (or a number JSON cannot hold):
             # shown bounded, so one record's problem costs only itself.
-            return self._line(_bounded(record), node)
+            return self._line(bounded_record(record), node)
 
     def _line(self, record: dict, node: str) -> str:
         if self.json:
@@ -197,16 +198,6 @@ class _Labels(dict):
         if len(self) < 65536:  # one entry per distinct rank set
             self[ranks] = label
         return label
-
-
-def _bounded(record: dict) -> dict:
-    """``record`` with every value that is not a plain scalar shown as a short repr."""
-    return {str(k): v if _plain(v) else safe_repr(v) for k, v in record.items()}
-
-
-def _plain(value: object) -> bool:
-    kind = type(value)
-    return kind is str or kind is bool or value is None or (kind in (int, float) and abs(value) < 1 << 63)
 
 
 def _needs_defanging(data: bytes, count: int) -> bool:

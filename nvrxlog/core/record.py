@@ -22,7 +22,16 @@ import orjson
 
 from nvrxlog.core.report import safe_repr
 
-__all__ = ["WriterId", "decode_lines", "file_name", "notice_record", "parse_file_name", "text_messages", "texts"]
+__all__ = [
+    "WriterId",
+    "bounded_record",
+    "decode_lines",
+    "file_name",
+    "notice_record",
+    "parse_file_name",
+    "text_messages",
+    "texts",
+]
 
 SUFFIX = ".jsonl"
 _NAME = re.compile(
@@ -125,6 +134,21 @@ def text_messages(records: list) -> int:
             record["msg"] = safe_repr(record["msg"])
             count += 1
     return count
+
+
+def bounded_record(record: dict) -> dict:
+    """``record`` with every value that is not a plain scalar shown as a short repr.
+
+    For a record that cannot be encoded or shown as it is (a field nested
+    past orjson's or Python's limit, a number JSON cannot hold): what the
+    outputs, the spool and the live view fall back to, so it costs only itself.
+    """
+    return {str(k): v if _plain(v) else safe_repr(v) for k, v in record.items()}
+
+
+def _plain(value: object) -> bool:
+    kind = type(value)
+    return kind is str or kind is bool or value is None or (kind in (int, float) and abs(value) < 1 << 63)
 
 
 def notice_record(seq: int, ts: int, text: str, level: str = "WARNING", **extra: object) -> dict:

@@ -21,7 +21,7 @@ import zmq
 from nvrxlog.config import sanitize_name
 from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
-from nvrxlog.core.record import notice_record
+from nvrxlog.core.record import bounded_record, notice_record
 from nvrxlog.core.report import ErrorCounter, describe
 from nvrxlog.core.service import Service
 from nvrxlog.core.watermark import handed_over
@@ -58,6 +58,14 @@ _INF = float("inf")
 _NAMED_DROPS = 20
 #: Seconds between heartbeats on the live socket (``nvrxlog tail`` says when they stop).
 LIVE_HEARTBEAT = 1.0
+
+
+def _encoded(records: list[dict]) -> bytes:
+    """The live view's JSON of ``records``; a record nested past orjson's limit goes bounded, not the thread."""
+    try:
+        return orjson.dumps(records)
+    except TypeError:
+        return orjson.dumps([bounded_record(record) for record in records])
 
 
 class Streamer(Service):
@@ -481,7 +489,7 @@ class Streamer(Service):
             shown = [r for r in records if r is not None]
             try:
                 if shown:
-                    pub.send_multipart([b"rec", orjson.dumps(shown)], zmq.NOBLOCK)
+                    pub.send_multipart([b"rec", _encoded(shown)], zmq.NOBLOCK)
             except zmq.Again:
                 pass  # no subscriber keeps up: live view only, the file has everything
         if self._forwarder is not None:

@@ -18,6 +18,7 @@ from typing import BinaryIO
 import orjson
 
 from nvrxlog.core.fileio import open_own, replace_file, write_all
+from nvrxlog.core.record import bounded_record
 from nvrxlog.wire.columns import pack
 
 __all__ = ["Spool", "Dropped"]
@@ -44,6 +45,10 @@ class _Segment:
     size: int  # bytes of whole batches
     last: int  # seq of its last batch (first - 1 while empty)
     counts: dict[int, int]  # batch seq -> records of the job in it
+
+
+def _batch_line(seq: int, watermark: int, count: int, body: dict) -> bytes:
+    return orjson.dumps({"b": seq, "c": watermark, "n": count, **body}) + b"\n"
 
 
 class Spool:
@@ -82,7 +87,10 @@ class Spool:
             seq = self.next_seq
             self.next_seq += 1
             n = len(records) if count is None else count
-            data = orjson.dumps({"b": seq, "c": watermark, "n": n, **body}) + b"\n"
+            try:
+                data = _batch_line(seq, watermark, n, body)
+            except TypeError:  # a field nested past orjson's limit (from a file or a peer): spooled bounded
+                data = _batch_line(seq, watermark, n, pack([bounded_record(record) for record in records]))
             if self._fd < 0 or self._segments[self._current].size >= self.segment_bytes:
                 self._roll(seq)
             write_all(self._fd, data)
