@@ -44,6 +44,13 @@ def clean_nvrxlog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     logging.getLogger().handlers[:] = root_handlers
 
 
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs, so writes fail with ENOSPC (needs root, as in CI)."""
+    with mounted_tmpfs(tmp_path / "small", "64k", mode="0700") as mnt:
+        yield mnt
+
+
 def child_env(**extra: object) -> dict[str, str]:
     """The test's environment without nvrxlog/SLURM variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}

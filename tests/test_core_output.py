@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from nvrxlog import NodeAggregator, OutputError
 from nvrxlog.core import output as output_module
 from nvrxlog.core.output import Checkpoint, CheckpointedOutput, load_checkpoint, save_checkpoint
 
@@ -38,7 +39,8 @@ def test_fresh_output_is_created_and_checkpointed_at_once(paths: tuple[str, str]
         assert os.path.getsize(path) == 0
         ckpt, problem = load_checkpoint(ckpt_path)
         assert problem is None
-        assert ckpt == Checkpoint(out=path, out_size=0, writers={})
+        st = os.stat(path)
+        assert ckpt == Checkpoint(out=path, out_size=0, writers={}, out_id=f"{st.st_dev}:{st.st_ino}")
     finally:
         out.close()
 
@@ -240,3 +242,31 @@ def test_close_is_safe_twice(paths: tuple[str, str]) -> None:
     out.close()
     out.close()
     assert out._fd == -1
+
+
+@pytest.mark.timeout(30)
+def test_a_second_writer_of_one_output_is_refused_naming_the_file_and_pid(paths: tuple[str, str]) -> None:
+    """While one output holds a file another is refused, the file and holder pid named; after close it may open."""
+    first = CheckpointedOutput(*paths)
+    first.open()
+    first.write(b"line\n")
+    second = CheckpointedOutput(*paths)
+    second._lock.wait_s = 0.1
+    with pytest.raises(OutputError, match=rf"{paths[0]} is already written by another process \(pid {os.getpid()}\)"):
+        second.open()
+    assert os.path.getsize(paths[0]) == 5, "the refused one touched nothing"
+    first.close()
+    assert second.open() == {}
+    second.close()
+
+
+@pytest.mark.timeout(60)
+def test_two_aggregators_of_one_node_file_the_second_refuses(tmp_path: Path) -> None:
+    """Two jobs' aggregators (own tmpdirs, one log dir and node id): the second refuses; its tmpdir is free again."""
+    logs = tmp_path / "logs"
+    with NodeAggregator(str(tmp_path / "a"), str(logs), "n1"):
+        second = NodeAggregator(str(tmp_path / "b"), str(logs), "n1")
+        with pytest.raises(OutputError, match=r"nvrx_log_n1.log is already written by another process \(pid \d+\)"):
+            second.start()
+        with NodeAggregator(str(tmp_path / "b"), str(logs), "n2"):
+            pass  # the refused one let go of its tmpdir

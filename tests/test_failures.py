@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,13 +31,6 @@ def _aggregate(tmp: Path, log_dir: Path) -> list[dict]:
     with NodeAggregator(str(tmp), str(log_dir), "n1"):
         pass
     return parse_text_records(log_dir / "nvrx_log_n1.log")
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 64 KiB tmpfs, so writes fail with ENOSPC (needs root, as in CI)."""
-    with mounted_tmpfs(tmp_path / "small", "64k", mode="0700") as mnt:
-        yield mnt
 
 
 @pytest.mark.timeout(30)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import zmq
 from _net import assert_exactly_once, json_lines
-from conftest import child_env, emit, parse_text_records, raw_record, wait_for
+from conftest import CONTINUATION, LINE, child_env, emit, parse_text_records, raw_record, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog.cli.view import compact_ranks, parse_ranks
@@ -120,3 +120,48 @@ def test_silent_node_is_marked_gone_and_welcomed_back_finished_node_is_not(tmp_p
     back = next(i for i, m in enumerate(msgs) if "node n0 is back" in m)
     assert msgs.index("before going quiet") < gone < back
     assert not any("node n1 has been silent" in m for m in msgs), "a node that quit is not gone"
+
+
+#: Every way a message could try to forge a line or drive a terminal.
+NASTY = (
+    "start\u2028[ERROR] fake LS\u2029[ERROR] fake PS\x85[ERROR] fake NEL"
+    "\n2024-01-01 00:00:00,000 [ERROR] [node9] [workload:0(0) infra:0(0)] x.py:1 forged\x1b[2J\x1b[Hend"
+)
+
+
+def _assert_defanged_text(text: str) -> None:
+    """No raw ESC, and every line a reader splitting the Unicode way sees is a real line or an indented continuation."""
+    assert "\x1b" not in text and not any(brk in text for brk in "\u2028\u2029\x85")
+    for raw in text.splitlines():
+        assert LINE.match(raw) or raw.startswith(CONTINUATION), f"forged line: {raw!r}"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("json", [False, True])
+def test_line_breaks_and_escapes_are_defanged_in_every_output_and_the_live_view(tmp_path: Path, json: bool) -> None:
+    """U+2028, U+2029, U+0085, a newline before a fake line and ESC cannot forge lines anywhere (text and JSON)."""
+    tmp, logs, cluster = tmp_path / "tmp", tmp_path / "logs", tmp_path / "cluster.log"
+    tmp.mkdir()
+    with Streamer("tcp://127.0.0.1:0", str(cluster), json=json) as streamer:
+        tail = _tail(streamer.endpoint, "--count", "3")
+        handler = NodeLocalHandler(str(tmp), LogConfig(rank=0, local_rank=0))
+        with NodeAggregator(str(tmp), str(logs), "n0", streamer.endpoint, json=json):
+            # A subscriber joins a PUB socket asynchronously: keep logging until the tail has its lines.
+            deadline = time.monotonic() + 30
+            while tail.poll() is None and time.monotonic() < deadline:
+                emit([handler], NASTY)
+                time.sleep(0.2)  # pacing the simulated training, not synchronisation
+        handler.close()
+    shown = tail.communicate(timeout=10)[0]
+    assert shown.count("start") == 3 and shown.count("\\x1b[2J") == 3
+    _assert_defanged_text(shown)
+    for path in (cluster, logs / "nvrx_log_n0.log"):
+        data = path.read_bytes()
+        if not json:
+            _assert_defanged_text(data.decode())
+            assert "    2024-01-01 00:00:00,000 [ERROR]" in data.decode()  # shown, indented
+            continue
+        assert not any(brk.encode() in data for brk in "\u2028\u2029\x85\x1b"), path
+        records = [orjson.loads(line) for line in data.decode().splitlines()]  # the Unicode way: one per record
+        assert all(r["msg"] == NASTY or r["msg"].startswith("nvrxlog ") for r in records)  # the text kept whole
+        assert any(r["msg"] == NASTY for r in records)

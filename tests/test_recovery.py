@@ -200,3 +200,29 @@ def test_garbage_in_the_tmpdir_is_skipped_and_reported(tmp_path: Path) -> None:
     assert "(symlink)" in notices and "(not a regular file)" in notices
     assert aggregator.stats["skipped_entries"] == 3
     assert target.exists(), "a symlink's target must never be touched"
+
+
+#: A message 1,000 lists deep: valid JSON, but str() of it raises RecursionError.
+DEEP = b"[" * 1000 + b"]" * 1000
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("json", [False, True])
+def test_a_deeply_nested_message_costs_only_its_own_record(tmp_path: Path, json: bool) -> None:
+    """A temp-file record whose msg is a 1,000-deep list is shown cut short and counted; its 1,000 neighbours arrive."""
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    tmp.mkdir()
+    me = WriterId(prefix="w", local_rank=0, pid=os.getpid(), start_ns=time.time_ns())
+    lines = [orjson.dumps(raw_record(i, f"good {i}")) + b"\n" for i in range(1001)]
+    lines[500] = lines[500].replace(b'"good 500"', DEEP)
+    (tmp / file_name(me, 0)).write_bytes(b"".join(lines))
+    with NodeAggregator(str(tmp), str(logs), "n1", json=json) as aggregator:
+        pass
+    if json:
+        msgs = [orjson.loads(x)["msg"] for x in (logs / "nvrx_log_n1.log").read_bytes().splitlines()]
+    else:
+        msgs = _messages(logs)
+    assert [m for m in msgs if m.startswith("good")] == [f"good {i}" for i in range(1001) if i != 500]
+    assert "[[[[[[[...]]]]]]]" in msgs
+    assert aggregator.stats["bad_messages"] == 1
+    assert any("1 record(s) in nvrx.w." in m and "not text" in m for m in msgs)

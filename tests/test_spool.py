@@ -99,3 +99,15 @@ def test_append_on_a_full_disk_leaves_the_spool_as_it_was(tmp_path: Path) -> Non
             batches.append(orjson.loads(batch[1])["b"])
         assert batches == [1, 2, 3, 4]
         spool.close()
+
+
+def test_a_record_nested_past_the_encoders_limit_is_spooled_bounded(tmp_path: Path) -> None:
+    """A record with a field 300 lists deep (more than orjson encodes) is spooled with that field cut short."""
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    spool = Spool(str(tmp_path))
+    spool.append([{"seq": 0, "ts": 1, "msg": "fine", "x": deep}, {"seq": 1, "ts": 2, "msg": "next"}], watermark=2)
+    batch = orjson.loads(spool.next_batch()[1])
+    assert [r["msg"] for r in batch["r"]] == ["fine", "next"] and batch["r"][0]["x"] == "[[[[[[[...]]]]]]]"
+    spool.close()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,10 +16,11 @@ import pytest
 import zmq
 import zmq.auth
 from _net import aggregate_cli, assert_exactly_once, finish, free_port, json_lines, rank_env, stop_stream, stream_cli
-from conftest import emit, raw_record, start_worker, wait_for
+from conftest import child_env, emit, fill_disk, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog.config import LogConfig
+from nvrxlog.errors import ConfigError, TransportError
 from nvrxlog.rank.handler import NodeLocalHandler
 from nvrxlog.wire.columns import pack
 from nvrxlog.wire.curve import CurveKeys
@@ -121,8 +126,8 @@ def _dealer(endpoint: str, context: zmq.Context, curve: CurveKeys | None = None,
     return sock
 
 
-def _batch(node_records: list[dict]) -> bytes:
-    return orjson.dumps({"b": 1, "c": time.time_ns(), "n": len(node_records), "r": node_records})
+def _batch(node_records: list[dict], b: int = 1) -> bytes:
+    return orjson.dumps({"b": b, "c": time.time_ns(), "n": len(node_records), "r": node_records})
 
 
 def _record(msg: str, seq: int = 0, **extra: object) -> dict:
@@ -169,7 +174,8 @@ def test_hostile_client_cannot_disturb_others_or_inject_paths_and_lines(tmp_path
     assert {r["node"] for r in records} <= {"good", "streamer", "_._.._etc_x__ERROR_", "_._.._.._tmp_y"}
     assert streamer.stats["bad_frames"] >= 4
     # Names from the network never became paths: only the streamer's own files exist.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".cluster.log.ckpt", "cluster.log", "logs", "tmp"]
+    own = [".cluster.log.ckpt", ".cluster.log.lock", "cluster.log", "logs", "tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == own
     text_out = tmp_path / "text.log"
     with Streamer("tcp://127.0.0.1:0", str(text_out)) as text_streamer:
         context = zmq.Context()
@@ -218,7 +224,7 @@ def test_hostile_columns_are_dropped_or_defanged_never_written_as_given(tmp_path
     text = out.read_text()
     assert "never written" not in text
     assert streamer.stats["bad_frames"] == len(lies)
-    assert text.count("dropped a malformed message from evil") == 1  # said once, then counted
+    assert text.count("dropped batch 1 from evil: malformed") == len(lies)  # each batch named
     assert not any(line.startswith("2024-01-01") for line in text.splitlines()), "a message must not forge a line"
     assert "\x1b" not in text and "[_._.._tmp_z__ERROR_]" in text
     far = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((2**63 - 1) // 10**9))  # the last 64-bit time
@@ -258,3 +264,166 @@ def test_curve_lets_only_allowed_clients_write(tmp_path: Path) -> None:
     records = json_lines(out)
     assert [r["msg"] for r in records if r["file"] != "nvrxlog"] == [f"r0 i{i}" for i in range(100)]
     assert {r["node"] for r in records} == {"n0", "streamer"}, "nothing from the intruders"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("json", [False, True])
+def test_a_deeply_nested_message_does_not_kill_the_streamer(tmp_path: Path, json: bool) -> None:
+    """One ~2 KB batch whose msg is a 1,000-deep list: that record is shown cut short, the streamer serves on."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=json) as streamer:
+        context = zmq.Context()
+        evil = _dealer(streamer.endpoint, context, node="evil")
+        deep = _batch([_record("DEEP", 0), _record("honest 1", 1)]).replace(b'"DEEP"', b"[" * 1000 + b"]" * 1000)
+        evil.send_multipart([b"B", deep])
+        evil.send_multipart([b"B", _batch([_record("honest 2", 2)], 2)])
+        wait_for(lambda: streamer.stats["records"] >= 3, what="all three records")
+        assert streamer._thread.is_alive()
+        context.destroy(linger=0)
+    text = out.read_text()
+    assert "honest 1" in text and "honest 2" in text and "[[[[[[[...]]]]]]]" in text
+    assert streamer.stats["bad_messages"] == 1 and "had a msg that is not text" in text
+
+
+@pytest.mark.timeout(60)
+def test_one_bad_payload_in_a_message_costs_only_its_own_batch(tmp_path: Path) -> None:
+    """Batches 1, {broken, a bad batch 3 and 4: 1 and 4 are written, both drops named before any ack covers them."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        context = zmq.Context()
+        node = _dealer(streamer.endpoint, context, node="n0")
+        bad3 = orjson.dumps({"b": 3, "c": 0, "r": [_record("never", 9)], "t": "x"})
+        node.send_multipart([b"B", _batch([_record("one", 0)], 1), b"{broken", bad3, _batch([_record("two", 1)], 2)])
+        node.send_multipart([b"B", _batch([_record("four", 2)], 4)])
+        acked = -1
+        deadline = time.monotonic() + 20
+        while acked < 4 and time.monotonic() < deadline:
+            if node.poll(100):
+                kind, body = node.recv_multipart()
+                assert kind == b"A"
+                acked = orjson.loads(body)["acked"]
+                if acked >= 3:  # an ack covering the drops: their notices are in the file already
+                    notices = [r["msg"] for r in json_lines(out) if "dropped" in r["msg"]]
+                    assert any("dropped a batch from n0: malformed" in m for m in notices), notices
+                    assert any("dropped batch 3 from n0: malformed" in m for m in notices), notices
+        assert acked == 4
+        context.destroy(linger=0)
+    msgs = [r["msg"] for r in json_lines(out) if r["node"] == "n0"]
+    assert msgs == ["one", "two", "four"]
+    assert streamer.stats["dropped_batches"] == 2 and streamer.stats["batches"] == 3
+
+
+@pytest.mark.timeout(120)
+def test_a_huge_node_name_in_a_hello_is_refused_unread(tmp_path: Path) -> None:
+    """Hellos naming distinct 32 MiB nodes are refused with the reason, said in the file, and keep nothing cached."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        context = zmq.Context()
+        evil = _dealer(streamer.endpoint, context)
+        for i in range(4):
+            evil.send_multipart(hello(f"{i}" + "n" * (32 << 20)))
+            kind, body = evil.recv_multipart()
+            assert kind == b"X" and "over the limit of 4096" in orjson.loads(body)["reason"]
+        assert streamer._ingest._names == {}
+        _dealer(streamer.endpoint, context, node="honest")  # others are still welcomed
+        context.destroy(linger=0)
+    refusals = [r["msg"] for r in json_lines(out) if "refused a peer: a hello of" in r["msg"]]
+    assert len(refusals) == 4 and streamer.stats["refused"] == 4
+
+
+def _our_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("nvrxlog-")]
+
+
+@pytest.mark.timeout(30)
+def test_bad_forward_keys_are_a_clear_error_at_start(tmp_path: Path) -> None:
+    """A relay given unusable CURVE key files fails start() with a ConfigError naming the file; nothing runs."""
+    keys = CurveKeys(server_public=str(tmp_path / "absent.key"), client_secret=str(tmp_path / "absent.key_secret"))
+    relay = Streamer("tcp://127.0.0.1:0", str(tmp_path / "relay.log"), forward="tcp://127.0.0.1:9", forward_curve=keys)
+    with pytest.raises(ConfigError, match="absent.key"):
+        relay.start()
+    assert _our_threads() == []
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_bind_raises_promptly_and_leaves_no_thread_running(tmp_path: Path) -> None:
+    """A relay whose port is taken fails start() within seconds, its own and its forwarder's threads gone."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bind = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        relay = Streamer(bind, str(tmp_path / "relay.log"), forward=f"tcp://127.0.0.1:{free_port()}")
+        began = time.monotonic()
+        with pytest.raises(TransportError, match="could not start"):
+            relay.start()
+        assert time.monotonic() - began < 5
+    wait_for(lambda: not _our_threads(), timeout=5, what="no nvrxlog thread left")
+
+
+@pytest.mark.timeout(60)
+def test_two_streamers_with_one_out_the_second_refuses(tmp_path: Path) -> None:
+    """A second `nvrxlog stream` on the same --out exits non-zero with one line naming the file and the first's pid."""
+    out = tmp_path / "cluster.log"
+    first, _ = stream_cli(out)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "nvrxlog", "stream", "--bind", "tcp://127.0.0.1:0", "--out", str(out)],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        stop_stream(first)
+    assert second.returncode != 0
+    assert f"{out} is already written by another process (pid {first.pid})" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_full_out_disk_holds_acks_and_resumes_with_nothing_lost(small_fs: Path) -> None:
+    """ENOSPC on --out: the streamer lives, says so once, acknowledges nothing, writes everything once space returns."""
+    out = small_fs / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        context = zmq.Context()
+        node = _dealer(streamer.endpoint, context, node="n0")
+        filler = fill_disk(small_fs)
+        records = [_record(f"r0 i{i} " + "p" * 50, i) for i in range(100)]  # ~25 KB, more than is left
+        node.send_multipart([b"B", _batch(records, 1)])
+        wait_for(lambda: streamer.stats["write_failures"] >= 3, what="a few write attempts on the full disk")
+        assert not node.poll(300), "nothing may be acknowledged while it cannot be written"
+        assert streamer._thread.is_alive()
+        assert streamer.errors.counts == {"out:ENOSPC": 1}  # said once, however often it is retried
+        filler.unlink()
+        assert node.poll(20_000), "acknowledged once space returned"
+        kind, body = node.recv_multipart()
+        assert kind == b"A" and orjson.loads(body)["acked"] == 1
+        context.destroy(linger=0)
+    lines = json_lines(out)
+    assert [r["msg"] for r in lines if r["node"] == "n0"] == [r["msg"] for r in records]
+    assert any("is writable again after" in r["msg"] for r in lines)
+
+
+@pytest.mark.timeout(60)
+def test_a_record_nested_past_the_encoders_limit_does_not_kill_the_live_view(tmp_path: Path) -> None:
+    """With a live subscriber, a record with a 300-deep extra field is published bounded; the streamer serves on."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        context = zmq.Context()
+        live = context.socket(zmq.SUB)
+        live.connect(streamer.pub_endpoint)
+        live.subscribe(b"rec")
+        wait_for(lambda: streamer._watchers, what="the subscription to reach the streamer")
+        evil = _dealer(streamer.endpoint, context, node="evil")
+        deep = b"[" * 300 + b"]" * 300
+        evil.send_multipart([b"B", _batch([_record("DEEPX", 0)]).replace(b'"msg":"DEEPX"', b'"msg":"x","x":' + deep)])
+        evil.send_multipart([b"B", _batch([_record("after", 1)], 2)])
+        wait_for(lambda: streamer.stats["records"] >= 2, what="both records")
+        published: list[dict] = []
+        while not any("x" in r for r in published):
+            assert live.poll(10_000), "the live view must get the record"
+            published += orjson.loads(live.recv_multipart()[1])
+        assert [r["x"] for r in published if "x" in r] == ["[[[[[[[...]]]]]]]"]
+        assert streamer._thread.is_alive()
+        context.destroy(linger=0)
+    assert [r["msg"] for r in json_lines(out) if r["node"] == "evil"] == ["x", "after"]

@@ -410,7 +410,57 @@ def test_name_sanitizes_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ingest.name("n" * 100) == "n" * 64
     assert ingest.name(".hidden") == "_hidden"
     assert ingest.name("") == "_"
-    assert calls == ["../etc/passwd", "12", "n" * 100, ".hidden", ""]
+    assert calls == ["../etc/passwd", "12", "n" * 64, ".hidden", ""]
+
+
+@pytest.mark.timeout(30)
+def test_the_name_cache_keeps_no_raw_name_of_any_size() -> None:
+    """Distinct huge names are sanitised from their first characters; the cache holds short keys, a bounded number."""
+    ingest = new_ingest()
+    for i in range(3 * ingest_module._NAME_CACHE):
+        assert ingest.name(f"{i:08d}" + "x" * (1 << 12)) == (f"{i:08d}" + "x" * 56)
+    assert len(ingest._names) <= ingest_module._NAME_CACHE
+    assert max(map(len, ingest._names)) <= 64
+    deep: list = []
+    for _ in range(2000):
+        deep = [deep]
+    assert ingest.name(deep) == "_______..._______"  # not text: its short repr, sanitised
+
+
+# -- messages that are not text -------------------------------------------------------
+
+#: A msg 1,000 lists deep: valid JSON, but str() of it raises RecursionError.
+DEEP = b"[" * 1000 + b"]" * 1000
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("json", [False, True])
+@FORMS
+def test_a_deeply_nested_message_costs_only_its_own_record(form: str, json: bool) -> None:
+    """A msg that is a 1,000-deep list is shown cut short, counted and noticed; the batch's other records are taken."""
+    records = [rec(0, T0, msg="DEEP0"), rec(1, T0 + 1), rec(2, T0 + 2)]
+    body = body_of(1, records, form=form)
+    notices: list[str] = []
+    ingest = Ingest(LineFormat(json=json, untrusted=True), notice=notices.append)
+    result = ingest.batch(NODE, orjson.dumps(body).replace(b'"DEEP0"', DEEP))
+    assert result.chunk.seqs == [0, 1, 2]
+    shown = [orjson.loads(line)["msg"] for line in result.chunk.lines] if json else result.chunk.lines
+    assert "[[[[[[[...]]]]]]]" in shown[0] and "message 1" in shown[1]
+    assert ingest.stats["bad_messages"] == 1
+    assert notices == [f"1 record(s) in a batch from {NODE} had a msg that is not text; shown cut short"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("json", [False, True])
+def test_a_field_nested_past_any_limit_is_shown_bounded(json: bool) -> None:
+    """A record whose other fields are nested past any limit formats as a bounded line instead of raising."""
+    deep: list = []
+    for _ in range(2000):
+        deep = [deep]
+    record = rec(0, T0, file=deep, extra=deep)
+    line = LineFormat(json=json, untrusted=True).line(record, NODE)
+    assert line.endswith("\n") and "[[[[[[[...]]]]]]]" in line
+    assert LineFormat(json=json).lines([{**record, "node": NODE}]) == [line]
 
 
 # -- the property -------------------------------------------------------------------

@@ -69,7 +69,7 @@ class RecordFilter:
 class Folder:
     """Folds records that many ranks print alike into one line with a compact rank set."""
 
-    lines: LineFormat = field(default_factory=LineFormat)
+    lines: LineFormat = field(default_factory=lambda: LineFormat(untrusted=True))  # records from the network
     _groups: dict[tuple, list[dict]] = field(default_factory=dict)
 
     def add(self, record: dict) -> None:

@@ -1,10 +1,77 @@
-"""Writing to raw file descriptors."""
+"""Writing to raw file descriptors, and opening the files nvrxlog writes without following a planted link."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
-__all__ = ["close_quietly", "pwrite_all", "write_all"]
+__all__ = ["close_quietly", "open_own", "pwrite_all", "replace_file", "write_all"]
+
+# A log dir may be group-writable (or shared): a name in it pre-created as a
+# symlink must never make nvrxlog append to, or cut, the link's target.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_own(path: str, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symlink and refuses anything but a regular file we own.
+
+    Raises ``OSError`` whose ``strerror`` says in one line what was found.
+    """
+    try:
+        fd = os.open(path, flags | _NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symlink; refusing to follow it", path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        problem = own_file_problem(st.st_mode, st.st_uid, os.geteuid())
+    except OSError:
+        os.close(fd)
+        raise
+    if problem is not None:
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{path} is {problem}; refusing to write it", path)
+    return fd
+
+
+def own_file_problem(mode: int, uid: int, our_uid: int) -> str | None:
+    """What makes a file unfit to be written as ours (not regular, someone else's), or None."""
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    if uid != our_uid:
+        return f"owned by uid {uid}, not by us (uid {our_uid})"
+    return None
+
+
+def replace_file(path: str, data: bytes) -> None:
+    """Write ``data`` as ``path`` atomically: a reader sees the old or the new content, never half.
+
+    The temporary file is created new (``O_EXCL``, never through a link); one
+    left by a crash, or planted, is removed and created again.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    for attempt in (1, 2):
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+            break
+        except FileExistsError:
+            if attempt == 2:
+                raise
+            os.unlink(tmp)  # unlinking a link leaves its target alone
+    try:
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)  # a full disk: a half temp file would only take more of the space
+        except OSError:
+            pass
+        raise
 
 
 def write_all(fd: int, data: bytes) -> None:

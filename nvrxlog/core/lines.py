@@ -14,6 +14,7 @@ from operator import floordiv, itemgetter
 import orjson
 
 from nvrxlog.config import LogConfig
+from nvrxlog.core.record import bounded_record
 from nvrxlog.core.report import ErrorCounter
 from nvrxlog.rank.message import message_text
 
@@ -49,7 +50,7 @@ class LineFormat:
                 texts = self.column_lines(map(_TS, records), level, node, labels, file, line, msg, len(records))
                 if texts is not None:
                     return texts
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, RecursionError):
                 pass  # odd fields: line() shows them leniently, one by one
         return [self.line(r, r["node"]) for r in records]
 
@@ -67,11 +68,15 @@ class LineFormat:
         """Text lines of ``count`` records given field by field, made in C at the streamer's rate.
 
         None if untrusted text needs defanging (a control character or a line
-        break inside a record): then each record goes through ``line``. The
+        break inside a record) or a field cannot be shown as it is: then each
+        record goes through ``line``. The
         check is one pass over all the lines at once.
         """
         stamps = map(self._stamps.__getitem__, map(floordiv, ts, repeat(1_000_000)))
-        texts = list(map(_TEXT.__mod__, zip(stamps, levels, nodes, labels, files, line_numbers, msgs, strict=True)))
+        try:
+            texts = list(map(_TEXT.__mod__, zip(stamps, levels, nodes, labels, files, line_numbers, msgs, strict=True)))
+        except RecursionError:
+            return None  # a field nested past any limit: line() shows it bounded, record by record
         if self.untrusted and _needs_defanging("".join(texts).encode("utf-8", "surrogatepass"), count):
             return None
         return texts
@@ -85,8 +90,11 @@ class LineFormat:
         if self.json or not self.untrusted:
             return "".join([self.line(r, node) for r in records]).encode("utf-8", "backslashreplace")
         raw = self._raw_line
-        data = "".join([raw(r, node) for r in records]).encode("utf-8", "backslashreplace")
-        if _needs_defanging(data, len(records)):
+        try:
+            data = "".join([raw(r, node) for r in records]).encode("utf-8", "backslashreplace")
+        except RecursionError:
+            data = b""  # a field nested past any limit: line() shows it bounded
+        if not data or _needs_defanging(data, len(records)):
             data = "".join([self.line(r, node) for r in records]).encode("utf-8", "backslashreplace")
         return data
 
@@ -95,9 +103,23 @@ class LineFormat:
         return self._labels[ranks]
 
     def line(self, record: dict, node: str) -> str:
-        """One output line (two or more for a multi-line message), with its newline."""
+        """One output line (two or more for a multi-line message), with its newline; never raises."""
+        try:
+            return self._line(record, node)
+        except (RecursionError, TypeError, ValueError):
+            # A field nested past any limit (or a number JSON cannot hold):
+            # shown bounded, so one record's problem costs only itself.
+            return self._line(bounded_record(record), node)
+
+    def _line(self, record: dict, node: str) -> str:
         if self.json:
-            return orjson.dumps({"node": node, **record}).decode() + "\n"
+            text = orjson.dumps({"node": node, **record}).decode()
+            # orjson escapes C0 controls but passes the Unicode line breaks raw:
+            # a reader splitting lines the Unicode way would see a forged line.
+            # Escaped, the line is still the same JSON. (isascii is O(1).)
+            if not text.isascii() and any(brk in text for brk in _BREAKS):
+                text = text.translate(_JSON_BREAKS)
+            return text + "\n"
         text = self._raw_line(record, node)
         if self.untrusted and not text[:-1].isprintable():
             return _defang(text[:-1]) + "\n"
@@ -139,7 +161,9 @@ class LineFormat:
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9, 10)} | {127: "\\x7f"}
 _CONTROL_BYTES = bytes(_CONTROL)
 _CONTROL |= {0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u2029"}
-_UNICODE_BREAKS = tuple(chr(c).encode() for c in (0x85, 0x2028, 0x2029))
+_BREAKS = tuple(chr(c) for c in (0x85, 0x2028, 0x2029))
+_UNICODE_BREAKS = tuple(brk.encode() for brk in _BREAKS)
+_JSON_BREAKS = {ord(brk): f"\\u{ord(brk):04x}" for brk in _BREAKS}
 _TS = itemgetter("ts")
 _RANKS = itemgetter("rank", "local_rank", "infra_rank", "infra_local_rank")
 _FIELDS = tuple(map(itemgetter, ("level", "node", "file", "line", "msg")))

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from nvrxlog.core.fileio import write_all
+from nvrxlog.core.fileio import open_own, replace_file, write_all
+from nvrxlog.core.lock import Busy, FileLock
+from nvrxlog.errors import OutputError
 
-__all__ = ["Checkpoint", "CheckpointedOutput", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointedOutput", "load_checkpoint", "lock_path", "save_checkpoint"]
 
 _VERSION = 1
 
@@ -27,6 +29,11 @@ class Checkpoint:
     out: str = ""
     out_size: int = 0
     writers: dict[str, int] = field(default_factory=dict)
+    out_id: str = ""  # "st_dev:st_ino" of the file it describes ("" in checkpoints from before it was kept)
+
+    def covers(self, path: str, file_id: str) -> bool:
+        """This checkpoint describes the very file now at ``path`` (only then may recovery cut it back)."""
+        return self.out == path and (not self.out_id or self.out_id == file_id)
 
 
 def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
@@ -41,6 +48,7 @@ def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
                 out=str(raw["out"]),
                 out_size=int(raw["out_size"]),
                 writers={str(k): int(v) for k, v in raw["writers"].items()},
+                out_id=str(raw.get("out_id", "")),
             ),
             None,
         )
@@ -58,19 +66,26 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
             "out": checkpoint.out,
             "out_size": checkpoint.out_size,
             "writers": checkpoint.writers,
+            "out_id": checkpoint.out_id,
         }
     )
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    replace_file(path, data)
+
+
+def lock_path(path: str) -> str:
+    """The lock file beside the output at ``path``."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
 
 
 class CheckpointedOutput:
     """The output file at ``path`` with its checkpoint at ``checkpoint_path``.
 
-    ``open()`` recovers (returns the writers' checkpointed seqs), ``write()``
-    appends whole or not at all, ``save()`` checkpoints what is written.
+    ``open()`` takes the output's lock and recovers (returns the writers'
+    checkpointed seqs), ``write()`` appends whole or not at all, ``save()``
+    checkpoints what is written, ``close()`` lets go of the file and the lock.
+    One process at a time: two writers of one file (two streamers with one
+    ``--out``, two jobs' aggregators with one log dir and node id) would each
+    cut the other's lines at recovery and checkpoint over each other.
     """
 
     def __init__(self, path: str, checkpoint_path: str) -> None:
@@ -80,6 +95,7 @@ class CheckpointedOutput:
         self.cut = 0  # bytes past the checkpoint that recovery cut off
         self._ckpt = Checkpoint()
         self._fd = -1
+        self._lock = FileLock()
 
     def open(self) -> dict[str, int]:
         """Open for appending, cut back to what the checkpoint covers; the checkpointed seqs per writer.
@@ -89,16 +105,43 @@ class CheckpointedOutput:
         would write them twice. A file the checkpoint does not cover yet
         (none was saved) is adopted as it is, and that is saved at once: a
         process that dies before its first checkpoint must not leave lines
-        that its restart writes again. Raises ``OSError``.
+        that its restart writes again. Raises ``OutputError`` when another
+        process holds the output (after waiting briefly, so a predecessor
+        handing over can let go), else ``OSError``.
         """
+        self._take_lock()
+        try:
+            return self._recover()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _take_lock(self) -> None:
+        try:
+            self._lock.take(lock_path(self.path))
+        except Busy as busy:
+            pid = f" (pid {busy.pid})" if busy.pid else ""
+            raise OutputError(
+                f"{self.path} is already written by another process{pid}; refusing to write it too "
+                "(give each streamer its own --out, each job its own log dir or node id)"
+            ) from None
+
+    def _recover(self) -> dict[str, int]:
         self._ckpt, self.problem = load_checkpoint(self.checkpoint_path)
         ckpt = self._ckpt
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = open_own(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
-            size = os.fstat(fd).st_size
-            if ckpt.out != self.path:
+            st = os.fstat(fd)
+            size, file_id = st.st_size, f"{st.st_dev}:{st.st_ino}"
+            if not ckpt.covers(self.path, file_id):
+                # Another file than the one checkpointed (replaced since): it is
+                # adopted as it is and never cut back to a size that is not its own.
+                if ckpt.out == self.path:
+                    self.problem = f"{self.path} is not the file its checkpoint describes; adopted as it is"
                 ckpt.out, ckpt.out_size, ckpt.writers = self.path, size, {}
+                ckpt.out_id = file_id
                 save_checkpoint(self.checkpoint_path, ckpt)
+            ckpt.out_id = file_id
             self.cut = size - ckpt.out_size if size > ckpt.out_size else 0
             if self.cut:
                 os.ftruncate(fd, ckpt.out_size)
@@ -134,11 +177,15 @@ class CheckpointedOutput:
         save_checkpoint(self.checkpoint_path, ckpt)
 
     def close(self) -> None:
-        """Close the file (safe twice)."""
+        """Close the file and let go of its lock (safe twice)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        self._lock.release()
 
     def forget_after_fork(self) -> None:
-        """In a forked child: drop the inherited descriptor (the parent still writes it)."""
-        self.close()
+        """In a forked child: drop the inherited descriptors, keeping the parent's lock (it still writes)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._lock.forget_after_fork()

@@ -16,10 +16,22 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from operator import itemgetter
 
 import orjson
 
-__all__ = ["WriterId", "decode_lines", "file_name", "notice_record", "parse_file_name"]
+from nvrxlog.core.report import safe_repr
+
+__all__ = [
+    "WriterId",
+    "bounded_record",
+    "decode_lines",
+    "file_name",
+    "notice_record",
+    "parse_file_name",
+    "text_messages",
+    "texts",
+]
 
 SUFFIX = ".jsonl"
 _NAME = re.compile(
@@ -84,6 +96,59 @@ def decode_lines(lines: list[bytes]) -> tuple[list, list[bytes]]:
         except orjson.JSONDecodeError:
             bad.append(line)
     return good, bad
+
+
+_MSG = itemgetter("msg")
+_STR = frozenset({str})
+
+
+def texts(values: list) -> int:
+    """Make every item of ``values`` (a batch's messages) text, in place; how many were not.
+
+    A message from a file or the network can be any JSON value; shown as it
+    is, a 1,000-deep list makes formatting raise ``RecursionError`` and
+    loses everything formatted with it. A value that is not a str becomes a
+    bounded ``repr``, so a bad record costs only itself. The common case
+    (all str) is one check in C.
+    """
+    if _STR.issuperset(map(type, values)):
+        return 0
+    count = 0
+    for i, value in enumerate(values):
+        if type(value) is not str:
+            values[i] = safe_repr(value)
+            count += 1
+    return count
+
+
+def text_messages(records: list) -> int:
+    """``texts`` for the ``msg`` of decoded records (anything not a dict is left to the caller's checks)."""
+    try:
+        if _STR.issuperset(map(type, map(_MSG, records))):
+            return 0
+    except (KeyError, TypeError):
+        pass  # a record without a msg, or not a dict: looked at one by one
+    count = 0
+    for record in records:
+        if type(record) is dict and type(record.get("msg", "")) is not str:
+            record["msg"] = safe_repr(record["msg"])
+            count += 1
+    return count
+
+
+def bounded_record(record: dict) -> dict:
+    """``record`` with every value that is not a plain scalar shown as a short repr.
+
+    For a record that cannot be encoded or shown as it is (a field nested
+    past orjson's or Python's limit, a number JSON cannot hold): what the
+    outputs, the spool and the live view fall back to, so it costs only itself.
+    """
+    return {str(k): v if _plain(v) else safe_repr(v) for k, v in record.items()}
+
+
+def _plain(value: object) -> bool:
+    kind = type(value)
+    return kind is str or kind is bool or value is None or (kind in (int, float) and abs(value) < 1 << 63)
 
 
 def notice_record(seq: int, ts: int, text: str, level: str = "WARNING", **extra: object) -> dict:

@@ -7,14 +7,21 @@ line per distinct cause on file descriptor 2, then only counting.
 from __future__ import annotations
 
 import os
+import reprlib
 import threading
 from collections import Counter
 
-__all__ = ["ErrorCounter", "describe", "report_to"]
+__all__ = ["ErrorCounter", "describe", "report_to", "safe_repr"]
 
 # Where last-resort lines go: fd 2, or the real terminal while fd capture has
 # pointed fd 2 into its pipe (a line about nvrxlog itself is for the user's eyes).
 _fd = 2
+
+# Bounded in depth, length and size, so showing any value (a 1,000-deep list
+# from the network, a huge object) costs little and cannot recurse.
+_safe_repr = reprlib.Repr()
+_safe_repr.maxstring = 200
+_safe_repr.maxother = 200
 
 
 def report_to(fd: int) -> None:
@@ -59,6 +66,14 @@ def describe(exc: BaseException | None) -> str:
         return str(exc)
     except Exception:
         return "<unprintable>"
+
+
+def safe_repr(obj: object) -> str:
+    """A short ``repr`` of anything, that cannot itself raise."""
+    try:
+        return _safe_repr.repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} with a failing repr>"
 
 
 def _write_stderr(line: str) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import stat
-import time
 
-from nvrxlog.core.fileio import close_quietly
+from nvrxlog.core.fileio import open_own
+from nvrxlog.core.lock import Busy, FileLock
 from nvrxlog.errors import AggregatorBusyError, TmpDirError
 
 __all__ = ["LOCK_NAME", "AggregatorLock", "aggregator_alive", "foreign_owner", "prepare_tmp_dir"]
@@ -63,27 +62,11 @@ def foreign_owner(st: os.stat_result, uid: int | None = None) -> int | None:
     return st.st_uid if st.st_uid != uid else None
 
 
-def _open_lock(path: str, flags: int) -> int:
-    """Open the lock file at ``path``: never through a symlink, and only a regular file of ours.
-
-    A lock planted by another user (in a sticky tmpdir of ours) would let
-    them hold it and keep the job's aggregator from ever starting; a symlink
-    would make us create or lock a file elsewhere. Raises OSError.
-    """
-    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    st = os.fstat(fd)
-    owner = foreign_owner(st)
-    if owner is not None or not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        kind = f"owned by uid {owner}" if owner is not None else "not a regular file"
-        raise PermissionError(errno.EPERM, f"the lock file is {kind}; remove it or use another tmpdir", path)
-    return fd
-
-
 def aggregator_alive(tmp_dir: str) -> bool:
     """True if a live aggregator holds the lock of ``tmp_dir`` (a lock that is not ours counts as none)."""
     try:
-        fd = _open_lock(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY)
+        # A lock planted by another user, or a symlink, is no aggregator of ours.
+        fd = open_own(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -97,46 +80,23 @@ def aggregator_alive(tmp_dir: str) -> bool:
     return False
 
 
-class AggregatorLock:
+class AggregatorLock(FileLock):
     """The exclusive lock that makes one aggregator per tmpdir.
 
     Writers take a shared lock on the same file for a moment to ask "is
-    anyone there?" (``aggregator_alive``); taking it retries briefly so that
+    anyone there?" (``aggregator_alive``); taking it waits briefly so that
     does not look like a second aggregator.
     """
 
-    wait_s = 1.0
-
-    def __init__(self) -> None:
-        self._fd = -1
-
-    def take(self, tmp_dir: str) -> None:
+    def take(self, tmp_dir: str) -> None:  # type: ignore[override]
         """Take the lock of ``tmp_dir``; raises AggregatorBusyError or TmpDirError."""
         path = os.path.join(tmp_dir, LOCK_NAME)
         try:
-            fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
+            super().take(path)
+        except Busy as busy:
+            pid = f" (pid {busy.pid})" if busy.pid else ""
+            raise AggregatorBusyError(f"another aggregator{pid} already serves {tmp_dir}") from None
         except OSError as exc:
-            # ELOOP: a symlink planted in place of the lock.
-            reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
-            raise TmpDirError(f"cannot use the aggregator lock {path}: {reason}") from exc
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise AggregatorBusyError(f"another aggregator already serves {tmp_dir}") from None
-                time.sleep(0.005)  # flock has no timeout; a writer's probe lasts microseconds
-        self._fd = fd
-
-    def release(self) -> None:
-        """Release the lock (safe twice)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def forget_after_fork(self) -> None:
-        """In a forked child: close our copy without unlocking, so the parent keeps the lock."""
-        self._fd = close_quietly(self._fd)
+            # A symlink or another user's file planted in place of the lock: it
+            # would let them keep the job's aggregator from ever starting.
+            raise TmpDirError(f"cannot use the aggregator lock: {exc.strerror}") from exc

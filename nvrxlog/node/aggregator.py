@@ -294,6 +294,8 @@ class NodeAggregator(Service):
     def _recover(self) -> None:
         try:
             self._writers.written = self._output.open()
+        except OutputError:
+            raise  # another process writes it: the message says so
         except OSError as exc:
             raise OutputError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc
         if self._output.problem:

@@ -21,7 +21,7 @@ import orjson
 import psutil
 
 from nvrxlog.core.cursor import WriterCursor
-from nvrxlog.core.record import WriterId, decode_lines, file_name
+from nvrxlog.core.record import WriterId, decode_lines, file_name, text_messages
 
 __all__ = ["WriterTail", "writer_is_dead", "MAX_LINE_BYTES"]
 
@@ -223,6 +223,11 @@ class WriterTail:
         lines = [line for line in lines if line] if b"" in lines else lines
         values, bad = decode_lines(lines)
         samples = [line[:120] for line in bad]
+        not_text = text_messages(values)
+        if not_text:
+            self._stats["bad_messages"] += not_text
+            name = os.path.basename(self._path)
+            self._notice(f"{not_text} record(s) in {name} had a msg that is not text; shown cut short")
         if values and self.rank is None and type(values[0]) is dict:
             self.rank = values[0].get("rank")
         cursor = self.cursor

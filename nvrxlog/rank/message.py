@@ -7,9 +7,8 @@ an exception, a stack or an oversized message is treated the same everywhere.
 from __future__ import annotations
 
 import logging
-import reprlib
 
-from nvrxlog.core.report import ErrorCounter, describe
+from nvrxlog.core.report import ErrorCounter, describe, safe_repr
 
 __all__ = ["MAX_MESSAGE_CHARS", "full_message", "unformattable", "message_text"]
 
@@ -17,9 +16,6 @@ __all__ = ["MAX_MESSAGE_CHARS", "full_message", "unformattable", "message_text"]
 MAX_MESSAGE_CHARS = 1 << 20
 
 _formatter = logging.Formatter()
-_safe_repr = reprlib.Repr()
-_safe_repr.maxstring = 200
-_safe_repr.maxother = 200
 
 
 def message_text(record: logging.LogRecord, errors: ErrorCounter) -> str:
@@ -39,7 +35,7 @@ def unformattable(record: logging.LogRecord, exc: Exception, errors: ErrorCounte
     """A visible stand-in for a message whose formatting raised."""
     why = f"{type(exc).__name__}: {describe(exc)}"
     errors.report("format", f"a message could not be formatted ({why})")
-    return f"[nvrxlog: message could not be formatted: {why}] msg={_repr(record.msg)} args={_repr(record.args)}"
+    return f"[nvrxlog: message could not be formatted: {why}] msg={safe_repr(record.msg)} args={safe_repr(record.args)}"
 
 
 def full_message(record: logging.LogRecord, msg: str, errors: ErrorCounter) -> str:
@@ -55,10 +51,3 @@ def full_message(record: logging.LogRecord, msg: str, errors: ErrorCounter) -> s
         errors.report("truncated", f"a message over {MAX_MESSAGE_CHARS} characters was cut")
         msg = f"{msg[:MAX_MESSAGE_CHARS]}... [nvrxlog: truncated {cut} characters]"
     return msg
-
-
-def _repr(obj: object) -> str:
-    try:
-        return _safe_repr.repr(obj)
-    except Exception:
-        return f"<{type(obj).__name__} with a failing repr>"

@@ -9,7 +9,7 @@ import sys
 import threading
 
 from nvrxlog.core import forks
-from nvrxlog.core.fileio import write_all
+from nvrxlog.core.fileio import open_own, write_all
 from nvrxlog.core.report import ErrorCounter, describe
 
 __all__ = ["SafeHandler", "SafeStreamHandler", "AppendFileHandler"]
@@ -122,7 +122,7 @@ class AppendFileHandler(SafeHandler):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = os.path.abspath(path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._fd = open_own(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

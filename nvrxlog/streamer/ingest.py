@@ -22,13 +22,18 @@ import orjson
 from nvrxlog.config import sanitize_name
 from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
+from nvrxlog.core.record import text_messages, texts
+from nvrxlog.core.report import safe_repr
 from nvrxlog.streamer.merge import Chunk
 from nvrxlog.wire.columns import COLUMNS, read_profile, unpack
 
-__all__ = ["Batch", "Ingest", "record_key"]
+__all__ = ["MALFORMED", "Batch", "Ingest", "batch_seq", "record_key"]
+
+#: What ``Ingest.batch`` raises for a payload it cannot take (RecursionError: a field nested past any limit).
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 
 _MAX_NAME = 64
-_NAME_CACHE = 100_000
+_NAME_CACHE = 10_000  # keys of at most _MAX_NAME characters: about 1 MiB
 
 
 class Batch(NamedTuple):
@@ -43,6 +48,15 @@ class Batch(NamedTuple):
 def record_key(node: str, writer: object) -> str:
     """``node|writer``: what de-duplication and the checkpoint count by."""
     return f"{node}|{str(writer)[:200]}"
+
+
+def batch_seq(payload: bytes) -> int | None:
+    """The batch seq a malformed payload names, if it can be read; for the notice that names the drop."""
+    try:
+        seq = orjson.loads(payload)["b"]
+    except MALFORMED:
+        return None
+    return seq if type(seq) is int else None
 
 
 class Ingest:
@@ -68,6 +82,7 @@ class Ingest:
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("duplicates", 0)
         self.stats.setdefault("bad_frames", 0)
+        self.stats.setdefault("bad_messages", 0)
         self._notice = notice
         # Records as dicts cost more than everything else here: made only when
         # the caller needs them (a relay, a live view) or the format does.
@@ -94,13 +109,19 @@ class Ingest:
         return Batch(seq, watermark, chunk, newest)
 
     def name(self, raw: object) -> str:
-        """A node name from the network, sanitised (names reach file names and lines), cached."""
-        text = str(raw)
+        """A node name from the network, sanitised (names reach file names and lines), cached.
+
+        Only the first characters of a name count (sanitising maps one
+        character to one), so the cache never keeps more of a raw name than
+        that, however large the name sent; when full it starts afresh.
+        """
+        text = (raw if type(raw) is str else safe_repr(raw))[:_MAX_NAME]
         name = self._names.get(text)
         if name is None:
             name = sanitize_name(text, limit=_MAX_NAME)
-            if len(self._names) < _NAME_CACHE:
-                self._names[text] = name
+            if len(self._names) >= _NAME_CACHE:
+                self._names.clear()
+            self._names[text] = name
         return name
 
     def _columns(self, node: str, body: dict) -> tuple[Chunk, int]:
@@ -121,6 +142,7 @@ class Ingest:
         for index, table in ((p, entries), (lv, levels), (fi, files)):
             if type(table) is not list or min(index) < 0 or max(index) >= len(table):
                 raise ValueError("a batch's table index is out of range")
+        self._not_text(node, texts(msgs))
         keys_of, nodes_of, labels_of, ranks_of = [], [], [], []
         for entry in entries:
             profile = read_profile(entry)
@@ -161,6 +183,12 @@ class Ingest:
                 lines = self.lines.lines(records)
         return Chunk(ts, keys, seqs, records, lines), ts[-1]
 
+    def _not_text(self, node: str, count: int) -> None:
+        """Count and say that ``count`` messages from ``node`` were not text (they are shown bounded)."""
+        if count:
+            self.stats["bad_messages"] += count
+            self._notice(f"{count} record(s) in a batch from {node} had a msg that is not text; shown cut short")
+
     def _all_new(self, keys: list[str], seqs: list[int], ts: list[int]) -> bool:
         """Take the records as new if they plainly are; False (nothing taken) if it needs a closer look.
 
@@ -190,6 +218,7 @@ class Ingest:
 
     def records(self, node: str, records: list) -> tuple[Chunk, int]:
         """Check and de-duplicate record by record; the new ones, and the newest time not yet written."""
+        self._not_text(node, text_messages(records))
         written, cursors = self.written, self.cursors
         items: list[tuple] = []
         keys: dict[object, str] = {}  # writer -> "node|writer", per batch (a batch holds few writers)

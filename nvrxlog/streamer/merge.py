@@ -53,6 +53,10 @@ class MergeBuffer:
         if chunk.ts:
             self._chunks.append(chunk)
 
+    def put_back(self, ready: Ready) -> None:
+        """Hold again what ``take`` gave (it could not be written), ahead of what arrived since."""
+        self._chunks[:0] = ready.parts
+
     def take(self, cutoff: float) -> tuple[Ready | None, float]:
         """Everything with ``ts <= cutoff``; and the oldest ``ts`` still held."""
         ready: list[Chunk] = []

@@ -16,6 +16,7 @@ class ClusterOutput:
     def __init__(self, path: str, checkpoint_path: str) -> None:
         self.file = CheckpointedOutput(path, checkpoint_path)
         self.written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
+        self.unsaved = False  # written since the last checkpoint
         self.records = 0
         self.late = 0  # written after newer lines (a node that lagged more than max_hold)
         self._last_ts = 0
@@ -28,6 +29,7 @@ class ClusterOutput:
     def write(self, ready: Ready) -> None:
         """Append ``ready``'s lines in time order; raises OSError with the file as it was."""
         self.file.write("".join(ready.merged("lines")).encode("utf-8", "backslashreplace"))
+        self.unsaved = True
         written = self.written
         last_ts = self._last_ts
         for part in ready.parts:
@@ -43,6 +45,7 @@ class ClusterOutput:
     def checkpoint(self) -> None:
         """Make what is written durable in the checkpoint; raises OSError."""
         self.file.save(self.written)
+        self.unsaved = False
 
     def close(self) -> None:
         self.file.close()

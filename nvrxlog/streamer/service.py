@@ -9,6 +9,7 @@ credit then slows the nodes. What it knows of its nodes is in ``sessions.py``.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -20,15 +21,15 @@ import zmq
 from nvrxlog.config import sanitize_name
 from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
-from nvrxlog.core.record import notice_record
-from nvrxlog.core.report import ErrorCounter
+from nvrxlog.core.record import bounded_record, notice_record
+from nvrxlog.core.report import ErrorCounter, describe
 from nvrxlog.core.service import Service
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError, TransportError
-from nvrxlog.streamer.ingest import Ingest, record_key
+from nvrxlog.streamer.ingest import MALFORMED, Ingest, batch_seq, record_key
 from nvrxlog.streamer.merge import Chunk, MergeBuffer, Ready
 from nvrxlog.streamer.output import ClusterOutput
-from nvrxlog.streamer.sessions import Sessions
+from nvrxlog.streamer.sessions import Session, Sessions
 from nvrxlog.streamer.sockets import bind_sockets
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.forwarder import Forwarder
@@ -45,6 +46,7 @@ from nvrxlog.wire.protocol import (
     RESET,
     TAIL,
     WELCOME,
+    hello_size_problem,
     version_problem,
 )
 from nvrxlog.wire.wakeup import Wakeup
@@ -52,8 +54,18 @@ from nvrxlog.wire.wakeup import Wakeup
 __all__ = ["Streamer"]
 
 _INF = float("inf")
+#: Dropped batches named one by one per session; past this a hostile peer's flood is only counted.
+_NAMED_DROPS = 20
 #: Seconds between heartbeats on the live socket (``nvrxlog tail`` says when they stop).
 LIVE_HEARTBEAT = 1.0
+
+
+def _encoded(records: list[dict]) -> bytes:
+    """The live view's JSON of ``records``; a record nested past orjson's limit goes bounded, not the thread."""
+    try:
+        return orjson.dumps(records)
+    except TypeError:
+        return orjson.dumps([bounded_record(record) for record in records])
 
 
 class Streamer(Service):
@@ -99,6 +111,8 @@ class Streamer(Service):
             "nodes": 0,
             "late": 0,
             "refused": 0,
+            "dropped_batches": 0,
+            "write_failures": 0,
         }
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
@@ -114,6 +128,7 @@ class Streamer(Service):
         self._forwarder: Forwarder | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._held_since: float | None = None  # since when the output cannot be written
         self._failure: BaseException | None = None
         self._wake = Wakeup()
         self._start_ns = time.time_ns()
@@ -151,14 +166,18 @@ class Streamer(Service):
         self._recover()
         if self.forward:
             spool = os.path.join(os.path.dirname(self.out_path), f".nvrx_spool_relay_{self.name}")
-            self._forwarder = Forwarder(
-                self.forward,
-                self.name,
-                spool,
-                spool_max_bytes=self._spool_max,
-                notice=self._notice,
-                curve=self._forward_curve,
-            ).start()
+            try:
+                self._forwarder = Forwarder(
+                    self.forward,
+                    self.name,
+                    spool,
+                    spool_max_bytes=self._spool_max,
+                    notice=self._notice,
+                    curve=self._forward_curve,
+                ).start()
+            except BaseException:
+                self._cluster.close()  # nothing runs: the output is free for the next try
+                raise
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-streamer-{self.name}", daemon=True)
         self._thread.start()
         if not self.started.wait(timeout) or self._failure is not None:
@@ -188,6 +207,8 @@ class Streamer(Service):
         try:
             os.makedirs(os.path.dirname(self.out_path), exist_ok=True)
             written = self._cluster.open()
+        except OutputError:
+            raise  # another process writes it: the message says so
         except OSError as exc:
             raise OutputError(f"cannot open {self.out_path}: {exc.strerror}") from exc
         self._ingest = Ingest(
@@ -279,6 +300,11 @@ class Streamer(Service):
                 except zmq.Again:
                     pass
         self._flush(router, pub, final=True)
+        if self._pending:
+            self.errors.once(
+                f"{len(self._pending.take(_INF)[0] or [])} records could not be written to {self.out_path} "
+                "at stop; they were not acknowledged, so their nodes send them again to the next streamer"
+            )
 
     def _watching_records(self) -> bool:
         return any(b"rec".startswith(topic) for topic in self._watchers)
@@ -313,25 +339,22 @@ class Streamer(Service):
             if kind == BATCH and session is not None and len(frames) >= 3:
                 self._notices(sessions.seen(session.node, now))
                 for payload in frames[2:]:
-                    batch = self._ingest.batch(session.node, payload)
-                    self._pending.add(batch.chunk)
-                    self.stats["batches"] += 1
-                    session.acks.append((batch.seq, batch.newest))
-                    sessions.advance(session.node, batch.watermark)
+                    self._batch(session, payload)
             elif kind == PING and session is not None:
                 self._notices(sessions.seen(session.node, now))
                 if len(frames) == 3:
                     sessions.advance(session.node, int(frames[2]))
                 router.send_multipart([peer, PING], zmq.NOBLOCK)
             elif kind == HELLO and len(frames) == 3:
+                problem = hello_size_problem(len(frames[2]))
+                if problem is not None:  # not parsed: its name would cost memory as large as the frame
+                    self._refuse(router, peer, "a peer", problem)
+                    return
                 hello = orjson.loads(frames[2])
                 node = self._ingest.name(hello["node"])
                 problem = version_problem(hello)
                 if problem is not None:
-                    self.stats["refused"] += 1
-                    self._notice(f"refused node {node}: {problem}")
-                    reply = orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})
-                    router.send_multipart([peer, REFUSED, reply], zmq.NOBLOCK)
+                    self._refuse(router, peer, f"node {node}", problem)
                     return
                 credit, notices = sessions.hello(peer, node, now)
                 self._notices(notices)
@@ -347,7 +370,7 @@ class Streamer(Service):
                 raise ValueError(f"unknown message kind {kind[:8]!r}")
         except zmq.Again:
             pass  # the peer's queue is full; it will ask again
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except MALFORMED as exc:
             self.stats["bad_frames"] += 1
             who = session.node if session else "an unknown peer"
             if session is None or not session.bad:
@@ -355,11 +378,43 @@ class Streamer(Service):
             if session is not None:
                 session.bad += 1
 
+    def _refuse(self, router: zmq.Socket, peer: bytes, who: str, problem: str) -> None:
+        self.stats["refused"] += 1
+        self._notice(f"refused {who}: {problem}")
+        reply = orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})
+        router.send_multipart([peer, REFUSED, reply], zmq.NOBLOCK)
+
+    def _batch(self, session: Session, payload: bytes) -> None:
+        """Take one batch payload of a message; each is judged alone, so a bad one costs only itself."""
+        try:
+            batch = self._ingest.batch(session.node, payload)
+        except MALFORMED as exc:
+            self._dropped(session, payload, exc)
+            return
+        self._pending.add(batch.chunk)
+        self.stats["batches"] += 1
+        session.expect_ack(batch.seq, batch.newest)
+        self._sessions.advance(session.node, batch.watermark)
+
+    def _dropped(self, session: Session, payload: bytes, exc: BaseException) -> None:
+        """Count and name a dropped batch; its ack (and every later one) waits for the notice to be written."""
+        self.stats["bad_frames"] += 1
+        self.stats["dropped_batches"] += 1
+        session.bad += 1
+        seq = batch_seq(payload)
+        if session.bad <= _NAMED_DROPS:
+            what = "a batch" if seq is None else f"batch {seq}"
+            more = "; further ones are counted, not named" if session.bad == _NAMED_DROPS else ""
+            session.hold = self._notice(f"dropped {what} from {session.node}: malformed ({describe(exc)[:200]}){more}")
+        if seq is not None:
+            session.expect_ack(seq, -1)
+
     def _notices(self, notices: list[tuple[str, str]]) -> None:
         for text, level in notices:
             self._notice(text, level)
 
-    def _notice(self, text: str, level: str = "WARNING") -> None:
+    def _notice(self, text: str, level: str = "WARNING") -> int:
+        """Put a line of the streamer's own in the output; its time (written once the cutoff passes it)."""
         self._notice_seq += 1
         ts = time.time_ns()
         record = notice_record(
@@ -368,18 +423,22 @@ class Streamer(Service):
         # Our own writer, de-duplicated like any other (a relay's upstream sees it as one).
         self._ingest.cursors.setdefault(self._notice_key, WriterCursor()).seq = self._notice_seq
         self._pending.add(Chunk([ts], [self._notice_key], [self._notice_seq], [record], self._format.lines([record])))
+        return ts
 
     # -- writing --------------------------------------------------------------------
 
     def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
         cutoff = _INF if final else self._sessions.cutoff(time.time_ns(), self._hold_ns)
         ready, oldest_held = self._pending.take(cutoff)
-        if ready is not None:
-            self._write(ready, pub, handed_over(cutoff, _INF, time.time_ns()))
-            # Only writing changes what is durable; an idle flush saves nothing.
-            # Acks below stay safe: a batch is acked once its newest record is
-            # under the cutoff, so written by this flush or an earlier one.
-            self._cluster.checkpoint()
+        if ready is not None and not self._write(ready, pub, handed_over(cutoff, _INF, time.time_ns())):
+            self._pending.put_back(ready)
+            return  # holding: nothing acknowledged or forwarded past what is written
+        # Only writing changes what is durable; an idle flush saves nothing.
+        # Acks below stay safe: a batch is acked once its newest record is
+        # under the cutoff, so written by this flush or an earlier one, and
+        # checkpointed (or this returns before any ack).
+        if not self._save():
+            return
         if self._forwarder is not None:
             self._forwarder.watermark = handed_over(cutoff, oldest_held, time.time_ns())
         for peer, last in self._sessions.acks_due(cutoff):
@@ -388,21 +447,53 @@ class Streamer(Service):
             except zmq.Again:
                 pass  # the node resends and is acknowledged again
 
-    def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> None:
-        self._cluster.write(ready)
+    def _save(self) -> bool:
+        """Checkpoint what is written (if anything is new); False while that fails."""
+        if self._cluster.unsaved:
+            try:
+                self._cluster.checkpoint()
+            except OSError as exc:
+                self._hold(exc)
+                return False
+        if self._held_since is not None:
+            held, self._held_since = time.monotonic() - self._held_since, None
+            self._notice(f"{self.out_path} is writable again after {held:.0f}s; what arrived meanwhile was held")
+        return True
+
+    def _hold(self, exc: OSError) -> None:
+        """The output cannot be written (a full disk): say so once, and hold until it can.
+
+        Nothing is acknowledged meanwhile, so the nodes keep (and spool)
+        their batches, and credit bounds what is held here.
+        """
+        self.stats["write_failures"] += 1
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+            self.errors.report(
+                f"out:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
+                f"cannot write {self.out_path}: {exc.strerror}; holding (nothing acknowledged) until it can",
+            )
+
+    def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> bool:
+        try:
+            self._cluster.write(ready)
+        except OSError as exc:  # the file is as it was
+            self._hold(exc)
+            return False
         self.stats["records"] = self._cluster.records
         self.stats["late"] = self._cluster.late
         watching = self._watching_records()
         if not watching and self._forwarder is None:
-            return
+            return True
         records = ready.merged("records")
         if watching:
             # Records that arrived before anyone watched were not kept as dicts.
             shown = [r for r in records if r is not None]
             try:
                 if shown:
-                    pub.send_multipart([b"rec", orjson.dumps(shown)], zmq.NOBLOCK)
+                    pub.send_multipart([b"rec", _encoded(shown)], zmq.NOBLOCK)
             except zmq.Again:
                 pass  # no subscriber keeps up: live view only, the file has everything
         if self._forwarder is not None:
             self._forwarder.submit(records, watermark)
+        return True

@@ -3,7 +3,11 @@
 A session is one connected node (one DEALER connection, known by its peer
 id). A node says hello and is welcomed with a share of the streamer's byte
 credit; it sends batches, each acknowledged once its records are written;
-it says quit when it is done. A node silent past the idle timeout is marked
+it says quit when it is done. A batch that cannot be read is dropped, named
+in a notice, and acknowledged once that notice is written: acks are
+cumulative, so holding its ack back would hold every later batch's too and
+the node would resend it forever; acknowledging it only after the notice
+keeps "an ack means written" true of the drop's record. A node silent past the idle timeout is marked
 gone (and stops holding the others back) until it is heard again.
 """
 
@@ -24,6 +28,13 @@ class Session:
     node: str
     acks: list[tuple[int, int]] = field(default_factory=list)  # (batch seq, newest time in it not yet durable)
     bad: int = 0  # malformed messages from it
+    # Acks are cumulative: once a batch is dropped, no later ack may go out
+    # before the notice naming the drop is written (the time of that notice).
+    hold: int = -1
+
+    def expect_ack(self, seq: int, newest: int) -> None:
+        """Batch ``seq`` is acknowledged once everything up to ``newest`` (and any drop notice) is written."""
+        self.acks.append((seq, max(newest, self.hold)))
 
 
 class Sessions:

@@ -98,9 +98,11 @@ class Forwarder:
         self._ack_retry_at = 0.0
 
     def start(self) -> Forwarder:
-        """Start the forwarding thread."""
+        """Start the forwarding thread; raises ConfigError for unusable CURVE keys (before any thread runs)."""
         if self._thread is not None:
             raise LifecycleError("Forwarder.start() called twice")
+        if self.curve is not None:
+            self.curve.load()  # a key problem is a clear error now, not a dead thread later
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-forwarder-{self.node_id}", daemon=True)
         self._thread.start()
         return self

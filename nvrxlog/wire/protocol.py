@@ -23,8 +23,8 @@ anyone ->   ``T`` tail info         none
 A node sends batches in order, at most ``credit`` bytes beyond the last ack, and on a
 reset, a reconnect or a silent streamer rewinds to the first unacknowledged
 batch. The streamer de-duplicates per record (node, writer, writer seq), so a
-resend can never double a line. A hello of another protocol version is
-refused, and both sides say so.
+resend can never double a line. A hello of another protocol version, or
+over ``MAX_HELLO_BYTES``, is refused, and both sides say so.
 
 A watermark says "this node has handed over every record up to this time";
 the streamer writes up to the lowest watermark of its live nodes, so lines
@@ -41,6 +41,7 @@ __all__ = [
     "HELLO",
     "INFO",
     "MAX_BATCH_RECORDS",
+    "MAX_HELLO_BYTES",
     "MAX_MESSAGE_BYTES",
     "PING",
     "PROTOCOL_VERSION",
@@ -50,6 +51,7 @@ __all__ = [
     "TAIL",
     "WELCOME",
     "hello",
+    "hello_size_problem",
     "version_problem",
 ]
 
@@ -58,11 +60,21 @@ WELCOME, ACK, RESET, INFO, REFUSED = b"W", b"A", b"R", b"I", b"X"
 PROTOCOL_VERSION = 2
 MAX_BATCH_RECORDS = 1000
 MAX_MESSAGE_BYTES = 64 << 20
+#: A hello names a node (64 characters once sanitised) and a version: anything
+#: much larger is not a hello, and its name must not be parsed, sanitised or kept.
+MAX_HELLO_BYTES = 4096
 
 
 def hello(node_id: str) -> list[bytes]:
     """The frames of a node's hello."""
     return [HELLO, orjson.dumps({"node": node_id, "v": PROTOCOL_VERSION})]
+
+
+def hello_size_problem(size: int) -> str | None:
+    """Why a hello frame of ``size`` bytes is refused unread (too large for any node name), or None."""
+    if size <= MAX_HELLO_BYTES:
+        return None
+    return f"a hello of {size} bytes is over the limit of {MAX_HELLO_BYTES} (a node name has at most 64 characters)"
 
 
 def version_problem(hello_body: dict) -> str | None:

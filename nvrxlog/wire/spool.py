@@ -17,7 +17,8 @@ from typing import BinaryIO
 
 import orjson
 
-from nvrxlog.core.fileio import write_all
+from nvrxlog.core.fileio import open_own, replace_file, write_all
+from nvrxlog.core.record import bounded_record
 from nvrxlog.wire.columns import pack
 
 __all__ = ["Spool", "Dropped"]
@@ -46,6 +47,10 @@ class _Segment:
     counts: dict[int, int]  # batch seq -> records of the job in it
 
 
+def _batch_line(seq: int, watermark: int, count: int, body: dict) -> bytes:
+    return orjson.dumps({"b": seq, "c": watermark, "n": count, **body}) + b"\n"
+
+
 class Spool:
     """Append-only segments of batches; thread-safe (one appender, one reader)."""
 
@@ -61,7 +66,7 @@ class Spool:
         self.next_seq = self.acked + 1
         for name in sorted(os.listdir(directory)):
             match = _SEGMENT.match(name)
-            if match:
+            if match and not os.path.islink(os.path.join(directory, name)):  # a planted link is not a segment
                 self._recover_segment(int(match[1]), os.path.join(directory, name))
         self._fd = -1
         self._current = -1
@@ -84,7 +89,10 @@ class Spool:
         with self._lock:
             seq = self.next_seq
             n = len(records) if count is None else count
-            data = orjson.dumps({"b": seq, "c": watermark, "n": n, **body}) + b"\n"
+            try:
+                data = _batch_line(seq, watermark, n, body)
+            except TypeError:  # a field nested past orjson's limit (from a file or a peer): spooled bounded
+                data = _batch_line(seq, watermark, n, pack([bounded_record(record) for record in records]))
             if self._fd < 0 or self._segments[self._current].size >= self.segment_bytes:
                 self._roll(seq)
             segment = self._segments[self._current]
@@ -110,7 +118,7 @@ class Spool:
             os.close(self._fd)
             self._fd = -1  # if the open below fails, the next append tries again (never a stale fd)
         path = os.path.join(self.directory, f"seg-{seq:012d}.nvs")
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._fd = open_own(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments[seq] = _Segment(path, 0, seq - 1, {})
         self._current = seq
 
@@ -216,11 +224,8 @@ class Spool:
     def _save_acked(self) -> OSError | None:
         if self._saved_acked == self.acked:
             return None
-        tmp = os.path.join(self.directory, f"{_ACKED}.tmp")
         try:
-            with open(tmp, "w") as f:
-                f.write(str(self.acked))
-            os.replace(tmp, os.path.join(self.directory, _ACKED))
+            replace_file(os.path.join(self.directory, _ACKED), str(self.acked).encode())
         except OSError as exc:
             return exc
         self._saved_acked = self.acked
@@ -254,10 +259,7 @@ class Spool:
 
     def save_lost(self, lost: list[Dropped]) -> None:
         """Persist the unreported losses atomically."""
-        tmp = os.path.join(self.directory, f"{_LOST}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(orjson.dumps([(d.first, d.last, d.records) for d in lost]))
-        os.replace(tmp, os.path.join(self.directory, _LOST))
+        replace_file(os.path.join(self.directory, _LOST), orjson.dumps([(d.first, d.last, d.records) for d in lost]))
 
     def close(self) -> None:
         """Close the open segment (the files stay for the next run)."""
