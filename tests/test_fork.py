@@ -8,7 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import HERE, child_env, parse_text_records
+from conftest import HERE, child_env, node_records, parse_text_records, run_script
+
+from nvrxlog import NodeAggregator
 
 
 def _run(tmp_path: Path, *args: object) -> list[dict]:
@@ -76,3 +78,36 @@ def test_forked_child_closing_its_handlers_leaves_the_parents_file_alone(tmp_pat
     assert tags == {"parent": 4000, "child": 2000}, tags
     parent = [int(r["msg"].split()[1][1:]) for r in records if r["msg"].startswith("parent ")]
     assert parent == list(range(4000))
+
+
+@pytest.mark.timeout(120)
+def test_forks_while_a_thread_prints_under_stdio_capture_never_deadlock(tmp_path: Path) -> None:
+    """stdio capture, a thread printing non-stop, 100 forks: each child's line is its own, none hangs on a lock."""
+    result = run_script(
+        tmp_path,
+        """
+        import os, threading, time
+        from nvrxlog import setup_logger
+        setup_logger(capture="stdio")
+        stop = threading.Event()
+        def chatter():
+            while not stop.is_set():
+                print("thread line")
+        threading.Thread(target=chatter, daemon=True).start()
+        for i in range(100):
+            pid = os.fork()
+            if pid == 0:
+                print(f"child {i}")
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert status == 0
+        stop.set()
+        print("all children done")
+        """,
+        NVRX_LOG_AGGREGATOR="external",
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    with NodeAggregator(str(tmp_path / "tmp"), str(tmp_path / "logs"), "node001"):
+        pass
+    msgs = {r["msg"] for r in node_records(tmp_path, 101)}
+    assert {f"child {i}" for i in range(100)} <= msgs and "all children done" in msgs

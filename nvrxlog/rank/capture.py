@@ -88,6 +88,10 @@ class _LineWriter(io.TextIOBase):
     def after_fork_in_child(self) -> None:
         # Another thread may have held the lock at the fork; the child's first print would wait forever.
         self._lock = threading.Lock()
+        # A line another thread of the parent was half-way through is the parent's to finish, not the child's.
+        self._partial = ""
+        self._grouper = LineGrouper()
+        self._frames = Frames()
 
     def writable(self) -> bool:
         return True
