@@ -10,7 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import child_env, mounted_tmpfs, node_records, parse_text_records, run_script
+from conftest import (
+    child_env,
+    fill_disk,
+    mounted_tmpfs,
+    node_records,
+    node_settled,
+    parse_text_records,
+    run_script,
+    start_worker,
+    wait_for,
+)
 
 from nvrxlog import NodeAggregator, TmpDirError, setup_logger
 from nvrxlog.rank.handler import NodeLocalHandler
@@ -306,3 +316,26 @@ def test_a_record_logged_by_an_atexit_handler_after_the_drain_still_arrives(tmp_
     if mode == "external":
         service.terminate()
         service.wait(timeout=30)
+
+
+@pytest.mark.timeout(180)
+def test_thread_mode_started_on_a_full_log_dir_writes_everything_once_space_returns(tmp_path: Path) -> None:
+    """The log dir is full when local rank 0 starts: once space returns, an aggregator runs and nothing is lost."""
+    with mounted_tmpfs(tmp_path / "logs", "1m") as logs:
+        filler = fill_disk(logs)
+        rank = start_worker(
+            "--count", 3000, "--rate", 600, env=child_env(**_rank0(tmp_path), NVRX_LOG_DIR=logs), stderr=subprocess.PIPE
+        )
+        wait_for(lambda: list((tmp_path / "tmp").glob("nvrx.*.jsonl")), 30, "the rank's first temp file")
+        filler.unlink()  # space returns while the rank still logs
+        assert rank.wait(timeout=120) == 0
+        node_settled(tmp_path)
+        path = logs / "nvrx_log_node001.log"
+        wait_for(lambda: path.exists() and len(parse_text_records(path)) >= 3000, 60, "every record")
+        msgs = [r["msg"] for r in parse_text_records(path)]
+        assert [m for m in msgs if m.startswith("r0 i")] == [f"r0 i{i} " for i in range(3000)]
+        assert not [m for m in msgs if "lost" in m]
+
+
+def _rank0(tmp_path: Path) -> dict[str, object]:
+    return {"NVRX_NODE_LOCAL_TMPDIR": tmp_path / "tmp", "NVRX_NODE_ID": "node001", "RANK": 0, "LOCAL_RANK": 0}

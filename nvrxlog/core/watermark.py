@@ -8,7 +8,7 @@ streamer (as a relay) and the spool's batches all promise by this rule.
 
 from __future__ import annotations
 
-__all__ = ["batch_watermarks", "handed_over"]
+__all__ = ["batch_watermarks", "clock_stepped_back", "handed_over"]
 
 
 def handed_over(cutoff: float, oldest_held: float, now: int) -> int:
@@ -31,3 +31,17 @@ def batch_watermarks(first_times: list[int], watermark: int) -> list[int]:
         later = min(later, first - 1)
     marks.reverse()
     return marks
+
+
+# A clock that merely runs a little ahead of another stays within this.
+CLOCK_SLACK_NS = 10**9
+
+
+def clock_stepped_back(oldest_held: float, now: int, window: int) -> bool:
+    """True if what is held is stamped in the future: the node's clock stepped back (an NTP step).
+
+    Held records wait for ``now - window`` to pass them; stamped past ``now +
+    window`` (and a second's slack), they would wait for as long as the step
+    was. Time is not sane across such a step: they are written by arrival.
+    """
+    return oldest_held > now + window + CLOCK_SLACK_NS
