@@ -17,7 +17,7 @@ import time
 
 import psutil
 
-from benchmarks import bench_aggregator, bench_exit, bench_handler, bench_streamer
+from benchmarks import bench_aggregator, bench_chaos, bench_exit, bench_handler, bench_streamer
 from benchmarks.bench_torchrun import torchrun_command
 
 
@@ -48,6 +48,7 @@ _BENCHMARKS = [
     ("aggregator throughput and idle CPU", bench_aggregator.report),
     ("streamer ingest, 512-node scale, end-to-end latency", bench_streamer.report),
     ("the end of a job: exit time and the last lines", bench_exit.report),
+    ("chaos: everything going wrong at once, exactly once and bounded", bench_chaos.report),
     ("step-time overhead under torchrun (4 ranks)", torchrun_report),
 ]
 
