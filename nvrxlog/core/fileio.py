@@ -45,11 +45,13 @@ def own_file_problem(mode: int, uid: int, our_uid: int) -> str | None:
     return None
 
 
-def replace_file(path: str, data: bytes) -> None:
+def replace_file(path: str, data: bytes, *, durable: bool = False) -> None:
     """Write ``data`` as ``path`` atomically: a reader sees the old or the new content, never half.
 
     The temporary file is created new (``O_EXCL``, never through a link); one
-    left by a crash, or planted, is removed and created again.
+    left by a crash, or planted, is removed and created again. With
+    ``durable`` the new content, and the rename, are on disk when this
+    returns (they survive a host crash, not only a process's).
     """
     tmp = f"{path}.{os.getpid()}.tmp"
     for attempt in (1, 2):
@@ -63,15 +65,28 @@ def replace_file(path: str, data: bytes) -> None:
     try:
         try:
             write_all(fd, data)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        if durable:
+            sync_directory(os.path.dirname(path) or ".")
     except OSError:
         try:
             os.unlink(tmp)  # a full disk: a half temp file would only take more of the space
         except OSError:
             pass
         raise
+
+
+def sync_directory(path: str) -> None:
+    """Make a rename or a new file in directory ``path`` durable; raises ``OSError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:

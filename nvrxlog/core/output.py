@@ -69,7 +69,7 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
             "out_id": checkpoint.out_id,
         }
     )
-    replace_file(path, data)
+    replace_file(path, data, durable=True)
 
 
 def lock_path(path: str) -> str:
@@ -169,7 +169,14 @@ class CheckpointedOutput:
             raise
 
     def save(self, writers: dict[str, int]) -> None:
-        """Checkpoint the file's size now with ``writers``' seqs; raises ``OSError``."""
+        """Checkpoint the file's size now with ``writers``' seqs, durably; raises ``OSError``.
+
+        What the checkpoint covers is on disk first, and the checkpoint itself
+        is when this returns: what follows a checkpoint (an ack, deleting the
+        records' temp files) holds after a host crash too. Callers save once
+        per flush interval, so that is one sync per interval (group commit).
+        """
+        os.fdatasync(self._fd)
         ckpt = self._ckpt
         ckpt.out = self.path
         ckpt.out_size = self.size
