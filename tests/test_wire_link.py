@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nvrxlog.wire.link import WATERMARK_EVERY, Link, LinkState
+from nvrxlog.wire.link import WATERMARK_EVERY, Link, LinkState, reconnect_delay
 
 
 def _ready(credit: int = 1000, *, heartbeat: float = 1.0, liveness: float = 5.0, now: float = 0.0) -> Link:
@@ -405,3 +405,28 @@ def test_a_hello_the_socket_would_not_take_is_tried_again_soon() -> None:
     link.said_hello(0.011, taken=True)
     assert not link.hello_due(0.2) and link.hello_due(0.262)
     assert link.poll_timeout() == 0.25
+
+
+def test_lost_sessions_back_off_doubling_to_32_seconds_and_an_ack_resets_it() -> None:
+    """A streamer that keeps dropping the node is asked again after 0, 0.1, 0.2 ... s, at most 32 s; an ack ends it."""
+    assert [reconnect_delay(n) for n in range(4)] == [0.0, 0.1, 0.2, 0.4]
+    assert reconnect_delay(30) == 32.0
+    link = Link(now=0.0)
+    link.welcome(1 << 20)
+    link.reset(10.0)
+    assert link.hello_due(10.0), "the first loss (a streamer restart) is answered at once"
+    link.said_hello(10.0)
+    link.welcome(1 << 20)
+    link.reset(11.0)
+    assert not link.hello_due(11.05) and link.hello_due(11.1)
+    link.said_hello(11.1)
+    link.welcome(1 << 20)
+    link.reconnected(12.0)
+    assert not link.hello_due(12.1) and link.hello_due(12.2)
+    assert link.poll_timeout(12.0) >= 0.2 - 1e-9
+    link.said_hello(12.2)
+    link.welcome(1 << 20)
+    link.sent(5, 100, 12.3)
+    link.acked(5)
+    link.reset(13.0)
+    assert link.hello_due(13.0), "after an ack the link is healthy again"

@@ -20,13 +20,13 @@ import zmq
 from nvrxlog.core.record import notice_record
 from nvrxlog.core.watermark import batch_watermarks
 from nvrxlog.errors import ConfigError, LifecycleError, TransportError
+from nvrxlog.wire.batching import split_batches
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.link import Link, LinkState
 from nvrxlog.wire.losses import LossLedger
 from nvrxlog.wire.protocol import (
     ACK,
     BATCH,
-    MAX_BATCH_RECORDS,
     MAX_MESSAGE_BYTES,
     PING,
     QUIT,
@@ -114,7 +114,7 @@ class Forwarder:
 
     def submit(self, records: list, watermark: int) -> None:
         """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
-        batches = [records[i : i + MAX_BATCH_RECORDS] for i in range(0, len(records), MAX_BATCH_RECORDS)]
+        batches = split_batches(records)
         marks = batch_watermarks([min(r["ts"] for r in batch) for batch in batches], watermark)
         for batch, mark in zip(batches, marks, strict=True):
             _, dropped = self.spool.append(batch, mark)
@@ -211,6 +211,7 @@ class Forwarder:
             sock.immediate = True  # no queueing to a streamer that is not there: we resend
             sock.sndhwm = 1000
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            sock.reconnect_ivl_max = 32_000  # a streamer that is gone is retried ever less often, up to 32 s
             if self.curve is not None:
                 self.curve.apply(sock)
             sock.connect(self.endpoint)
@@ -302,7 +303,7 @@ class Forwarder:
             ping = link.ping(now, watermark, spool.all_sent)
             if ping is not None:
                 _try_send(sock, [PING, ping] if ping else [PING])
-            for item, _ in poller.poll(link.poll_timeout() * 1000):
+            for item, _ in poller.poll(link.poll_timeout(now) * 1000):
                 if item == wake:
                     self._wake.drain()
                     continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 
-__all__ = ["Link", "LinkState", "WATERMARK_EVERY"]
+__all__ = ["Link", "LinkState", "WATERMARK_EVERY", "reconnect_delay"]
 
 WATERMARK_EVERY = 0.05  # seconds between watermark-only pings while the node is caught up
 _HELLO_EVERY = 0.25
@@ -31,6 +31,14 @@ class LinkState(enum.Enum):
     HELLO = "saying hello"  # not (or no longer) known to the streamer
     READY = "welcomed"  # may send within its credit
     REFUSED = "refused"  # the streamer will not serve this node (another protocol version)
+
+
+_MAX_BACKOFF_S = 32.0
+
+
+def reconnect_delay(failures: int) -> float:
+    """Seconds before saying hello again after ``failures`` sessions lost in a row (0 for the first)."""
+    return 0.0 if failures <= 0 else min(0.1 * 2 ** (failures - 1), _MAX_BACKOFF_S)
 
 
 class Link:
@@ -50,6 +58,11 @@ class Link:
         self._hello_taken = True
         self.last_sent = float("-inf")
         self._sent_watermark = 0
+        # Sessions lost since the last acknowledgement: a streamer that keeps
+        # dropping us (a batch it cannot take, a restart loop) is asked again
+        # after a doubling pause, not at once, forever (Paranoid Pirate).
+        self.failures = 0
+        self._hello_not_before = float("-inf")
 
     @property
     def ready(self) -> bool:
@@ -61,7 +74,7 @@ class Link:
     def hello_due(self, now: float) -> bool:
         """True when a hello should go out now (repeated until welcomed)."""
         every = _HELLO_RETRY if not self._hello_taken else min(_HELLO_EVERY, self.heartbeat)
-        return self.state is LinkState.HELLO and now - self._last_hello >= every
+        return self.state is LinkState.HELLO and now - self._last_hello >= every and now >= self._hello_not_before
 
     def said_hello(self, now: float, taken: bool = True) -> None:
         """A hello was handed to the socket at ``now`` (``taken``: it accepted it)."""
@@ -89,6 +102,7 @@ class Link:
         self.hello_since = now  # it answered just now: a new round of hellos begins
         self._last_hello = float("-inf")
         self._forget_in_flight()
+        self._back_off(now)
 
     def refuse(self, reason: str) -> None:
         """The streamer will never serve us; forwarding stops (records stay spooled)."""
@@ -108,6 +122,12 @@ class Link:
         self.hello_since = now
         self._last_hello = float("-inf")
         self._forget_in_flight()
+        self._back_off(now)
+
+    def _back_off(self, now: float) -> None:
+        # The first loss of a session is answered at once (a streamer restart); then 0.1 s, doubling to 32 s.
+        self._hello_not_before = now + reconnect_delay(self.failures)
+        self.failures += 1
 
     def waited_past(self, now: float, limit: float) -> bool:
         """Still not welcomed ``limit`` seconds after this round of hellos began."""
@@ -133,6 +153,7 @@ class Link:
         """Batches up to ``seq`` are acknowledged: their bytes no longer count against the credit."""
         while self._in_flight and self._in_flight[0][0] <= seq:
             self.in_flight_bytes -= self._in_flight.popleft()[1]
+        self.failures = 0  # the link works: the next loss is answered at once again
 
     def ping(self, now: float, watermark: int, all_sent: bool) -> bytes | None:
         """The payload of a ping due now (``b""`` for a bare heartbeat), or None.
@@ -156,11 +177,14 @@ class Link:
             return b""
         return None
 
-    def poll_timeout(self) -> float:
+    def poll_timeout(self, now: float | None = None) -> float:
         """Seconds to sleep in poll before the next decision."""
         if self.state is LinkState.READY:
             return WATERMARK_EVERY
-        return _HELLO_RETRY if not self._hello_taken else min(_HELLO_EVERY, self.heartbeat)
+        wait = _HELLO_RETRY if not self._hello_taken else min(_HELLO_EVERY, self.heartbeat)
+        if now is not None:
+            wait = max(wait, min(self._hello_not_before - now, _MAX_BACKOFF_S))
+        return wait
 
     def _forget_in_flight(self) -> None:
         self._in_flight.clear()
