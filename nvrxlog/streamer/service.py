@@ -4,7 +4,8 @@ One thread owns every socket and does everything in turn: receive, ingest
 (``ingest.py``), merge by time (``merge.py``), write, publish, checkpoint,
 acknowledge. Nothing waits on a pool or on another thread, so no slow part can
 starve or deadlock another; a slow disk only slows acknowledgements, and
-credit then slows the nodes. What it knows of its nodes is in ``sessions.py``.
+credit then slows the nodes. What it knows of its nodes is in ``sessions.py``,
+what its live view is sent in ``live.py``.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import zmq
 from nvrxlog.config import sanitize_name
 from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
-from nvrxlog.core.record import bounded_record, notice_record
+from nvrxlog.core.record import notice_record
 from nvrxlog.core.report import ErrorCounter, describe
 from nvrxlog.core.service import Service
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError, TransportError
 from nvrxlog.streamer.ingest import MALFORMED, Ingest, batch_seq, record_key
+from nvrxlog.streamer.live import LiveView
 from nvrxlog.streamer.merge import Chunk, MergeBuffer, Ready
 from nvrxlog.streamer.output import ClusterOutput
 from nvrxlog.streamer.sessions import Session, Sessions
@@ -56,16 +58,6 @@ __all__ = ["Streamer"]
 _INF = float("inf")
 #: Dropped batches named one by one per session; past this a hostile peer's flood is only counted.
 _NAMED_DROPS = 20
-#: Seconds between heartbeats on the live socket (``nvrxlog tail`` says when they stop).
-LIVE_HEARTBEAT = 1.0
-
-
-def _encoded(records: list[dict]) -> bytes:
-    """The live view's JSON of ``records``; a record nested past orjson's limit goes bounded, not the thread."""
-    try:
-        return orjson.dumps(records)
-    except TypeError:
-        return orjson.dumps([bounded_record(record) for record in records])
 
 
 class Streamer(Service):
@@ -135,7 +127,7 @@ class Streamer(Service):
         self._notice_seq = 0
         self._notice_key = record_key(self.name, f"streamer.{self._start_ns}")
         self._sessions = Sessions(credit_bytes=credit_bytes, idle_timeout=idle_timeout)
-        self._watchers: set[bytes] = set()  # topics someone subscribes to on the live socket
+        self._live = LiveView()
         self._ingest = Ingest(
             self._format,
             notice=self._notice,
@@ -156,6 +148,10 @@ class Streamer(Service):
     def levels(self) -> Counter[tuple]:
         """Records received, by (node, level)."""
         return self._ingest.levels
+
+    @property
+    def _watchers(self) -> set[bytes]:
+        return self._live.watchers
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -265,7 +261,9 @@ class Streamer(Service):
         # pyzmq's poll names a non-socket by its descriptor, never by the object registered.
         wake = self._wake.fileno()
         poller.register(wake, zmq.POLLIN)
-        last_flush = last_beat = time.monotonic()
+        live = self._live
+        last_flush = time.monotonic()
+        live.attach(pub, last_flush)
         while not self._stopping:
             wait = max(0.0, self._ckpt_s - (time.monotonic() - last_flush))
             busy = self._pending or self._sessions.has_unacked()
@@ -274,7 +272,7 @@ class Streamer(Service):
                     self._wake.drain()
                     continue
                 if item is pub:
-                    self._subscriptions(pub)
+                    live.subscriptions()
                     continue
                 # Receive until the flush is due, so under load lines keep
                 # coming out, acks keep flowing and what is held stays small.
@@ -290,40 +288,18 @@ class Streamer(Service):
             now = time.monotonic()
             if now - last_flush >= self._ckpt_s:
                 last_flush = now
-                self._flush(router, pub, final=False)
+                self._flush(router, final=False)
                 self._notices(self._sessions.check_idle(now))
-            if self._watchers and now - last_beat >= LIVE_HEARTBEAT:
-                # Tells a live view the streamer is there when no record is.
-                last_beat = now
-                try:
-                    pub.send_multipart([b"hb", b""], zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-        self._flush(router, pub, final=True)
+            live.heartbeat(now)  # tells a live view the streamer is there when no record is
+        self._flush(router, final=True)
         if self._pending:
             self.errors.once(
                 f"{len(self._pending.take(_INF)[0] or [])} records could not be written to {self.out_path} "
                 "at stop; they were not acknowledged, so their nodes send them again to the next streamer"
             )
 
-    def _watching_records(self) -> bool:
-        return any(b"rec".startswith(topic) for topic in self._watchers)
-
     def _keeps_records(self) -> bool:
-        return self._forwarder is not None or self._watching_records()
-
-    def _subscriptions(self, pub: zmq.Socket) -> None:
-        # XPUB passes a topic's first subscription (b"\x01...") and, when its
-        # last subscriber leaves, the unsubscription (b"\x00...").
-        while True:
-            try:
-                message = pub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if message[:1] == b"\x01":
-                self._watchers.add(message[1:])
-            elif message[:1] == b"\x00":
-                self._watchers.discard(message[1:])
+        return self._forwarder is not None or self._live.watching_records()
 
     # -- messages -------------------------------------------------------------------
 
@@ -427,10 +403,10 @@ class Streamer(Service):
 
     # -- writing --------------------------------------------------------------------
 
-    def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
+    def _flush(self, router: zmq.Socket, *, final: bool) -> None:
         cutoff = _INF if final else self._sessions.cutoff(time.time_ns(), self._hold_ns)
         ready, oldest_held = self._pending.take(cutoff)
-        if ready is not None and not self._write(ready, pub, handed_over(cutoff, _INF, time.time_ns())):
+        if ready is not None and not self._write(ready, handed_over(cutoff, _INF, time.time_ns())):
             self._pending.put_back(ready)
             return  # holding: nothing acknowledged or forwarded past what is written
         # Only writing changes what is durable; an idle flush saves nothing.
@@ -474,7 +450,7 @@ class Streamer(Service):
                 f"cannot write {self.out_path}: {exc.strerror}; holding (nothing acknowledged) until it can",
             )
 
-    def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> bool:
+    def _write(self, ready: Ready, watermark: int) -> bool:
         try:
             self._cluster.write(ready)
         except OSError as exc:  # the file is as it was
@@ -482,18 +458,12 @@ class Streamer(Service):
             return False
         self.stats["records"] = self._cluster.records
         self.stats["late"] = self._cluster.late
-        watching = self._watching_records()
+        watching = self._live.watching_records()
         if not watching and self._forwarder is None:
             return True
         records = ready.merged("records")
         if watching:
-            # Records that arrived before anyone watched were not kept as dicts.
-            shown = [r for r in records if r is not None]
-            try:
-                if shown:
-                    pub.send_multipart([b"rec", _encoded(shown)], zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # no subscriber keeps up: live view only, the file has everything
+            self._live.publish(records)
         if self._forwarder is not None:
             self._forwarder.submit(records, watermark)
         return True
