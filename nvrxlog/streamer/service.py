@@ -2,15 +2,15 @@
 
 One thread owns every socket and does everything in turn: receive and judge
 each message (``intake.py``, which ingests with ``ingest.py`` and keeps the
-sessions of ``sessions.py``), merge by time (``merge.py``), write, publish
-live (``live.py``), checkpoint, acknowledge. Nothing waits on a pool or on
-another thread, so no slow part can starve or deadlock another; a slow disk
-only slows acknowledgements, and credit then slows the nodes.
+sessions of ``sessions.py``), then flush (``flush.py``: merge by time, write,
+publish live with ``live.py``, checkpoint) and acknowledge. Nothing waits on a
+pool or on another thread, so no slow part can starve or deadlock another; a
+slow disk only slows acknowledgements, and credit then slows the nodes. This
+module is the lifecycle and the loop around those steps.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -23,12 +23,11 @@ from nvrxlog.config import sanitize_name
 from nvrxlog.core.lines import LineFormat
 from nvrxlog.core.report import ErrorCounter
 from nvrxlog.core.service import Service
-from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError, TransportError
+from nvrxlog.streamer.flush import Flush
 from nvrxlog.streamer.ingest import Ingest
 from nvrxlog.streamer.intake import Intake
 from nvrxlog.streamer.live import LiveView
-from nvrxlog.streamer.merge import Ready
 from nvrxlog.streamer.output import ClusterOutput
 from nvrxlog.streamer.sockets import bind_sockets
 from nvrxlog.wire.curve import CurveKeys
@@ -37,8 +36,6 @@ from nvrxlog.wire.protocol import ACK, MAX_MESSAGE_BYTES
 from nvrxlog.wire.wakeup import Wakeup
 
 __all__ = ["Streamer"]
-
-_INF = float("inf")
 
 
 def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
@@ -98,17 +95,14 @@ class Streamer(Service):
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
         self._cluster = ClusterOutput(self.out_path, self.checkpoint_path)
-        self._hold_ns = int(max_hold * 1e9)
         self._ckpt_s = checkpoint_interval
         self._curve_secret = curve_secret_key
         self._curve_clients = curve_clients_dir
         self._forward_curve = forward_curve
         self._spool_max = spool_max_bytes
         self._max_message = max_message_bytes
-        self._forwarder: Forwarder | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._held_since: float | None = None  # since when the output cannot be written
         self._failure: BaseException | None = None
         self._wake = Wakeup()
         self._live = LiveView()
@@ -120,7 +114,15 @@ class Streamer(Service):
             idle_timeout=idle_timeout,
             keep_records=self._keeps_records,
         )
-        self._pending = self._intake.pending
+        self._flush = Flush(
+            self._cluster,
+            self._intake,
+            self._live,
+            out_path=self.out_path,
+            hold_ns=int(max_hold * 1e9),
+            stats=self.stats,
+            errors=self.errors,
+        )
 
     @property
     def per_rank(self) -> Counter[tuple]:
@@ -140,6 +142,10 @@ class Streamer(Service):
     def _watchers(self) -> set[bytes]:
         return self._live.watchers
 
+    def _keeps_records(self) -> bool:
+        """Records are kept as dicts while a relay passes them up or someone watches them live."""
+        return self._flush.forwarder is not None or self._live.watching_records()
+
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> Streamer:
@@ -150,7 +156,7 @@ class Streamer(Service):
         if self.forward:
             spool = os.path.join(os.path.dirname(self.out_path), f".nvrx_spool_relay_{self.name}")
             try:
-                self._forwarder = Forwarder(
+                self._flush.forwarder = Forwarder(
                     self.forward,
                     self.name,
                     spool,
@@ -166,9 +172,9 @@ class Streamer(Service):
         if not self.started.wait(timeout) or self._failure is not None:
             self._thread.join(1)
             failure = self._failure
-            if self._forwarder is not None:
-                self._forwarder.stop(0)
-                self._forwarder = None
+            if self._flush.forwarder is not None:
+                self._flush.forwarder.stop(0)
+                self._flush.forwarder = None
             if isinstance(failure, ConfigError):
                 raise failure
             raise TransportError(f"streamer could not start on {self.bind}: {failure}") from failure
@@ -181,10 +187,10 @@ class Streamer(Service):
         self._stopping = True
         self._wake.poke()
         self._thread.join(timeout)
-        if self._forwarder is not None:
-            undelivered = self._forwarder.stop(timeout)
+        if self._flush.forwarder is not None:
+            undelivered = self._flush.forwarder.stop(timeout)
             self.stats["undelivered"] = undelivered
-            self._forwarder = None
+            self._flush.forwarder = None
 
     def _recover(self) -> None:
         try:
@@ -272,79 +278,13 @@ class Streamer(Service):
             now = time.monotonic()
             if now - last_flush >= self._ckpt_s:
                 last_flush = now
-                self._flush(router, final=False)
+                self._acknowledge(router, self._flush(final=False))
                 intake.notices(sessions.check_idle(now))
             live.heartbeat(now)  # tells a live view the streamer is there when no record is
-        self._flush(router, final=True)
-        if self._pending:
-            self.errors.once(
-                f"{len(self._pending.take(_INF)[0] or [])} records could not be written to {self.out_path} "
-                "at stop; they were not acknowledged, so their nodes send them again to the next streamer"
-            )
+        self._acknowledge(router, self._flush(final=True))
+        self._flush.unwritten()
 
-    def _keeps_records(self) -> bool:
-        return self._forwarder is not None or self._live.watching_records()
-
-    # -- writing --------------------------------------------------------------------
-
-    def _flush(self, router: zmq.Socket, *, final: bool) -> None:
-        cutoff = _INF if final else self._intake.sessions.cutoff(time.time_ns(), self._hold_ns)
-        ready, oldest_held = self._pending.take(cutoff)
-        if ready is not None and not self._write(ready, handed_over(cutoff, _INF, time.time_ns())):
-            self._pending.put_back(ready)
-            return  # holding: nothing acknowledged or forwarded past what is written
-        # Only writing changes what is durable; an idle flush saves nothing.
-        # Acks below stay safe: a batch is acked once its newest record is
-        # under the cutoff, so written by this flush or an earlier one, and
-        # checkpointed (or this returns before any ack).
-        if not self._save():
-            return
-        if self._forwarder is not None:
-            self._forwarder.watermark = handed_over(cutoff, oldest_held, time.time_ns())
-        for peer, last in self._intake.sessions.acks_due(cutoff):
+    @staticmethod
+    def _acknowledge(router: zmq.Socket, acks: list[tuple[bytes, int]]) -> None:
+        for peer, last in acks:
             _send(router, [peer, ACK, orjson.dumps({"acked": last})])  # lost: the node resends, is acked again
-
-    def _save(self) -> bool:
-        """Checkpoint what is written (if anything is new); False while that fails."""
-        if self._cluster.unsaved:
-            try:
-                self._cluster.checkpoint()
-            except OSError as exc:
-                self._hold(exc)
-                return False
-        if self._held_since is not None:
-            held, self._held_since = time.monotonic() - self._held_since, None
-            self._intake.notice(f"{self.out_path} is writable again after {held:.0f}s; what arrived meanwhile was held")
-        return True
-
-    def _hold(self, exc: OSError) -> None:
-        """The output cannot be written (a full disk): say so once, and hold until it can.
-
-        Nothing is acknowledged meanwhile, so the nodes keep (and spool)
-        their batches, and credit bounds what is held here.
-        """
-        self.stats["write_failures"] += 1
-        if self._held_since is None:
-            self._held_since = time.monotonic()
-            self.errors.report(
-                f"out:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
-                f"cannot write {self.out_path}: {exc.strerror}; holding (nothing acknowledged) until it can",
-            )
-
-    def _write(self, ready: Ready, watermark: int) -> bool:
-        try:
-            self._cluster.write(ready)
-        except OSError as exc:  # the file is as it was
-            self._hold(exc)
-            return False
-        self.stats["records"] = self._cluster.records
-        self.stats["late"] = self._cluster.late
-        watching = self._live.watching_records()
-        if not watching and self._forwarder is None:
-            return True
-        records = ready.merged("records")
-        if watching:
-            self._live.publish(records)
-        if self._forwarder is not None:
-            self._forwarder.submit(records, watermark)
-        return True
