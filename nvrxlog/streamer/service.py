@@ -1,15 +1,16 @@
 """Streamer: receive every node's batches, write the cluster-wide file, publish live.
 
-One thread owns every socket and does everything in turn: receive, ingest
-(``ingest.py``), merge by time (``merge.py``), write, publish, checkpoint,
-acknowledge. Nothing waits on a pool or on another thread, so no slow part can
-starve or deadlock another; a slow disk only slows acknowledgements, and
-credit then slows the nodes. What it knows of its nodes is in ``sessions.py``.
+One thread owns every socket and does everything in turn: receive and judge
+each message (``intake.py``, which ingests with ``ingest.py`` and keeps the
+sessions of ``sessions.py``), then flush (``flush.py``: merge by time, write,
+publish live with ``live.py``, checkpoint) and acknowledge. Nothing waits on a
+pool or on another thread, so no slow part can starve or deadlock another; a
+slow disk only slows acknowledgements, and credit then slows the nodes. This
+module is the lifecycle and the loop around those steps.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -19,53 +20,30 @@ import orjson
 import zmq
 
 from nvrxlog.config import sanitize_name
-from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
-from nvrxlog.core.record import bounded_record, notice_record
-from nvrxlog.core.report import ErrorCounter, describe
+from nvrxlog.core.report import ErrorCounter
 from nvrxlog.core.service import Service
-from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError, TransportError
-from nvrxlog.streamer.ingest import MALFORMED, Ingest, batch_seq, record_key
-from nvrxlog.streamer.merge import Chunk, MergeBuffer, Ready
+from nvrxlog.streamer.flush import Flush
+from nvrxlog.streamer.ingest import Ingest
+from nvrxlog.streamer.intake import Intake
+from nvrxlog.streamer.live import LiveView
 from nvrxlog.streamer.output import ClusterOutput
-from nvrxlog.streamer.sessions import Session, Sessions
 from nvrxlog.streamer.sockets import bind_sockets
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.forwarder import Forwarder
-from nvrxlog.wire.protocol import (
-    ACK,
-    BATCH,
-    HELLO,
-    INFO,
-    MAX_MESSAGE_BYTES,
-    PING,
-    PROTOCOL_VERSION,
-    QUIT,
-    REFUSED,
-    RESET,
-    TAIL,
-    WELCOME,
-    hello_size_problem,
-    version_problem,
-)
+from nvrxlog.wire.protocol import ACK, MAX_MESSAGE_BYTES
 from nvrxlog.wire.wakeup import Wakeup
 
 __all__ = ["Streamer"]
 
-_INF = float("inf")
-#: Dropped batches named one by one per session; past this a hostile peer's flood is only counted.
-_NAMED_DROPS = 20
-#: Seconds between heartbeats on the live socket (``nvrxlog tail`` says when they stop).
-LIVE_HEARTBEAT = 1.0
 
-
-def _encoded(records: list[dict]) -> bytes:
-    """The live view's JSON of ``records``; a record nested past orjson's limit goes bounded, not the thread."""
+def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Send without waiting; a full queue drops it (every reply and ack is one its peer asks for again)."""
     try:
-        return orjson.dumps(records)
-    except TypeError:
-        return orjson.dumps([bounded_record(record) for record in records])
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        pass
 
 
 class Streamer(Service):
@@ -117,45 +95,56 @@ class Streamer(Service):
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")
         self._cluster = ClusterOutput(self.out_path, self.checkpoint_path)
-        self._format = LineFormat(json=json, untrusted=True)
-        self._hold_ns = int(max_hold * 1e9)
         self._ckpt_s = checkpoint_interval
         self._curve_secret = curve_secret_key
         self._curve_clients = curve_clients_dir
         self._forward_curve = forward_curve
         self._spool_max = spool_max_bytes
         self._max_message = max_message_bytes
-        self._forwarder: Forwarder | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._held_since: float | None = None  # since when the output cannot be written
         self._failure: BaseException | None = None
         self._wake = Wakeup()
-        self._start_ns = time.time_ns()
-        self._notice_seq = 0
-        self._notice_key = record_key(self.name, f"streamer.{self._start_ns}")
-        self._sessions = Sessions(credit_bytes=credit_bytes, idle_timeout=idle_timeout)
-        self._watchers: set[bytes] = set()  # topics someone subscribes to on the live socket
-        self._ingest = Ingest(
-            self._format,
-            notice=self._notice,
-            keep_records=self._keeps_records,
+        self._live = LiveView()
+        self._intake = Intake(
+            self.name,
+            LineFormat(json=json, untrusted=True),
             stats=self.stats,
+            credit_bytes=credit_bytes,
+            idle_timeout=idle_timeout,
+            keep_records=self._keeps_records,
         )
-        # Records held for merging, as sorted chunks (one per batch): a flush
-        # takes what is ready from each chunk and sorts only that, instead of
-        # re-sorting everything held while a slow node catches up.
-        self._pending = MergeBuffer()
+        self._flush = Flush(
+            self._cluster,
+            self._intake,
+            self._live,
+            out_path=self.out_path,
+            hold_ns=int(max_hold * 1e9),
+            stats=self.stats,
+            errors=self.errors,
+        )
 
     @property
     def per_rank(self) -> Counter[tuple]:
         """Records received, by (node, rank)."""
-        return self._ingest.per_rank
+        return self._intake.ingest.per_rank
 
     @property
     def levels(self) -> Counter[tuple]:
         """Records received, by (node, level)."""
-        return self._ingest.levels
+        return self._intake.ingest.levels
+
+    @property
+    def _ingest(self) -> Ingest:
+        return self._intake.ingest
+
+    @property
+    def _watchers(self) -> set[bytes]:
+        return self._live.watchers
+
+    def _keeps_records(self) -> bool:
+        """Records are kept as dicts while a relay passes them up or someone watches them live."""
+        return self._flush.forwarder is not None or self._live.watching_records()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -167,12 +156,12 @@ class Streamer(Service):
         if self.forward:
             spool = os.path.join(os.path.dirname(self.out_path), f".nvrx_spool_relay_{self.name}")
             try:
-                self._forwarder = Forwarder(
+                self._flush.forwarder = Forwarder(
                     self.forward,
                     self.name,
                     spool,
                     spool_max_bytes=self._spool_max,
-                    notice=self._notice,
+                    notice=self._intake.notice,
                     curve=self._forward_curve,
                 ).start()
             except BaseException:
@@ -183,9 +172,9 @@ class Streamer(Service):
         if not self.started.wait(timeout) or self._failure is not None:
             self._thread.join(1)
             failure = self._failure
-            if self._forwarder is not None:
-                self._forwarder.stop(0)
-                self._forwarder = None
+            if self._flush.forwarder is not None:
+                self._flush.forwarder.stop(0)
+                self._flush.forwarder = None
             if isinstance(failure, ConfigError):
                 raise failure
             raise TransportError(f"streamer could not start on {self.bind}: {failure}") from failure
@@ -198,10 +187,10 @@ class Streamer(Service):
         self._stopping = True
         self._wake.poke()
         self._thread.join(timeout)
-        if self._forwarder is not None:
-            undelivered = self._forwarder.stop(timeout)
+        if self._flush.forwarder is not None:
+            undelivered = self._flush.forwarder.stop(timeout)
             self.stats["undelivered"] = undelivered
-            self._forwarder = None
+            self._flush.forwarder = None
 
     def _recover(self) -> None:
         try:
@@ -211,15 +200,9 @@ class Streamer(Service):
             raise  # another process writes it: the message says so
         except OSError as exc:
             raise OutputError(f"cannot open {self.out_path}: {exc.strerror}") from exc
-        self._ingest = Ingest(
-            self._format,
-            written=written,
-            notice=self._notice,
-            keep_records=self._keeps_records,
-            stats=self.stats,
-        )
+        self._intake.recover(written)
         if self._cluster.file.problem:
-            self._notice(self._cluster.file.problem)
+            self._intake.notice(self._cluster.file.problem)
 
     # -- the loop -------------------------------------------------------------------
 
@@ -241,7 +224,7 @@ class Streamer(Service):
                 self.started.set()
                 return
             self.endpoint = router.last_endpoint.decode()
-            self.pub_endpoint = pub.last_endpoint.decode()
+            self.pub_endpoint = self._intake.pub_endpoint = pub.last_endpoint.decode()
             self.started.set()
             self._serve(router, pub)
         except BaseException as exc:
@@ -265,235 +248,43 @@ class Streamer(Service):
         # pyzmq's poll names a non-socket by its descriptor, never by the object registered.
         wake = self._wake.fileno()
         poller.register(wake, zmq.POLLIN)
-        last_flush = last_beat = time.monotonic()
+        intake, sessions, pending, live = self._intake, self._intake.sessions, self._intake.pending, self._live
+        handle, recv = intake.handle, router.recv_multipart
+        last_flush = time.monotonic()
+        live.attach(pub, last_flush)
         while not self._stopping:
             wait = max(0.0, self._ckpt_s - (time.monotonic() - last_flush))
-            busy = self._pending or self._sessions.has_unacked()
+            busy = pending or sessions.has_unacked()
             for item, _ in poller.poll(wait * 1000 if busy else 1000):
                 if item == wake:
                     self._wake.drain()
                     continue
                 if item is pub:
-                    self._subscriptions(pub)
+                    live.subscriptions()
                     continue
                 # Receive until the flush is due, so under load lines keep
                 # coming out, acks keep flowing and what is held stays small.
                 due = last_flush + self._ckpt_s
                 while True:
                     try:
-                        frames = router.recv_multipart(zmq.NOBLOCK)
+                        frames = recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._handle(router, frames)
+                    reply = handle(frames, time.monotonic())
+                    if reply is not None:
+                        _send(router, reply)
                     if time.monotonic() >= due:
                         break
             now = time.monotonic()
             if now - last_flush >= self._ckpt_s:
                 last_flush = now
-                self._flush(router, pub, final=False)
-                self._notices(self._sessions.check_idle(now))
-            if self._watchers and now - last_beat >= LIVE_HEARTBEAT:
-                # Tells a live view the streamer is there when no record is.
-                last_beat = now
-                try:
-                    pub.send_multipart([b"hb", b""], zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-        self._flush(router, pub, final=True)
-        if self._pending:
-            self.errors.once(
-                f"{len(self._pending.take(_INF)[0] or [])} records could not be written to {self.out_path} "
-                "at stop; they were not acknowledged, so their nodes send them again to the next streamer"
-            )
+                self._acknowledge(router, self._flush(final=False))
+                intake.notices(sessions.check_idle(now))
+            live.heartbeat(now)  # tells a live view the streamer is there when no record is
+        self._acknowledge(router, self._flush(final=True))
+        self._flush.unwritten()
 
-    def _watching_records(self) -> bool:
-        return any(b"rec".startswith(topic) for topic in self._watchers)
-
-    def _keeps_records(self) -> bool:
-        return self._forwarder is not None or self._watching_records()
-
-    def _subscriptions(self, pub: zmq.Socket) -> None:
-        # XPUB passes a topic's first subscription (b"\x01...") and, when its
-        # last subscriber leaves, the unsubscription (b"\x00...").
-        while True:
-            try:
-                message = pub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if message[:1] == b"\x01":
-                self._watchers.add(message[1:])
-            elif message[:1] == b"\x00":
-                self._watchers.discard(message[1:])
-
-    # -- messages -------------------------------------------------------------------
-
-    def _handle(self, router: zmq.Socket, frames: list[bytes]) -> None:
-        if len(frames) < 2:
-            self.stats["bad_frames"] += 1
-            return
-        peer, kind = frames[0], frames[1]
-        sessions = self._sessions
-        session = sessions.get(peer)
-        now = time.monotonic()
-        try:
-            if kind == BATCH and session is not None and len(frames) >= 3:
-                self._notices(sessions.seen(session.node, now))
-                for payload in frames[2:]:
-                    self._batch(session, payload)
-            elif kind == PING and session is not None:
-                self._notices(sessions.seen(session.node, now))
-                if len(frames) == 3:
-                    sessions.advance(session.node, int(frames[2]))
-                router.send_multipart([peer, PING], zmq.NOBLOCK)
-            elif kind == HELLO and len(frames) == 3:
-                problem = hello_size_problem(len(frames[2]))
-                if problem is not None:  # not parsed: its name would cost memory as large as the frame
-                    self._refuse(router, peer, "a peer", problem)
-                    return
-                hello = orjson.loads(frames[2])
-                node = self._ingest.name(hello["node"])
-                problem = version_problem(hello)
-                if problem is not None:
-                    self._refuse(router, peer, f"node {node}", problem)
-                    return
-                credit, notices = sessions.hello(peer, node, now)
-                self._notices(notices)
-                self.stats["nodes"] = sessions.nodes
-                router.send_multipart([peer, WELCOME, orjson.dumps({"credit": credit})], zmq.NOBLOCK)
-            elif kind == QUIT and session is not None:
-                self._notices(sessions.quit(peer))
-            elif kind == TAIL:
-                router.send_multipart([peer, INFO, orjson.dumps({"pub": self.pub_endpoint})], zmq.NOBLOCK)
-            elif kind in (BATCH, PING):
-                router.send_multipart([peer, RESET], zmq.NOBLOCK)  # unknown peer (we restarted): hello first
-            else:
-                raise ValueError(f"unknown message kind {kind[:8]!r}")
-        except zmq.Again:
-            pass  # the peer's queue is full; it will ask again
-        except MALFORMED as exc:
-            self.stats["bad_frames"] += 1
-            who = session.node if session else "an unknown peer"
-            if session is None or not session.bad:
-                self._notice(f"dropped a malformed message from {who}: {str(exc)[:200]}")
-            if session is not None:
-                session.bad += 1
-
-    def _refuse(self, router: zmq.Socket, peer: bytes, who: str, problem: str) -> None:
-        self.stats["refused"] += 1
-        self._notice(f"refused {who}: {problem}")
-        reply = orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})
-        router.send_multipart([peer, REFUSED, reply], zmq.NOBLOCK)
-
-    def _batch(self, session: Session, payload: bytes) -> None:
-        """Take one batch payload of a message; each is judged alone, so a bad one costs only itself."""
-        try:
-            batch = self._ingest.batch(session.node, payload)
-        except MALFORMED as exc:
-            self._dropped(session, payload, exc)
-            return
-        self._pending.add(batch.chunk)
-        self.stats["batches"] += 1
-        session.expect_ack(batch.seq, batch.newest)
-        self._sessions.advance(session.node, batch.watermark)
-
-    def _dropped(self, session: Session, payload: bytes, exc: BaseException) -> None:
-        """Count and name a dropped batch; its ack (and every later one) waits for the notice to be written."""
-        self.stats["bad_frames"] += 1
-        self.stats["dropped_batches"] += 1
-        session.bad += 1
-        seq = batch_seq(payload)
-        if session.bad <= _NAMED_DROPS:
-            what = "a batch" if seq is None else f"batch {seq}"
-            more = "; further ones are counted, not named" if session.bad == _NAMED_DROPS else ""
-            session.hold = self._notice(f"dropped {what} from {session.node}: malformed ({describe(exc)[:200]}){more}")
-        if seq is not None:
-            session.expect_ack(seq, -1)
-
-    def _notices(self, notices: list[tuple[str, str]]) -> None:
-        for text, level in notices:
-            self._notice(text, level)
-
-    def _notice(self, text: str, level: str = "WARNING") -> int:
-        """Put a line of the streamer's own in the output; its time (written once the cutoff passes it)."""
-        self._notice_seq += 1
-        ts = time.time_ns()
-        record = notice_record(
-            self._notice_seq, ts, f"nvrxlog streamer: {text}", level, node=self.name, w=f"streamer.{self._start_ns}"
-        )
-        # Our own writer, de-duplicated like any other (a relay's upstream sees it as one).
-        self._ingest.cursors.setdefault(self._notice_key, WriterCursor()).seq = self._notice_seq
-        self._pending.add(Chunk([ts], [self._notice_key], [self._notice_seq], [record], self._format.lines([record])))
-        return ts
-
-    # -- writing --------------------------------------------------------------------
-
-    def _flush(self, router: zmq.Socket, pub: zmq.Socket, *, final: bool) -> None:
-        cutoff = _INF if final else self._sessions.cutoff(time.time_ns(), self._hold_ns)
-        ready, oldest_held = self._pending.take(cutoff)
-        if ready is not None and not self._write(ready, pub, handed_over(cutoff, _INF, time.time_ns())):
-            self._pending.put_back(ready)
-            return  # holding: nothing acknowledged or forwarded past what is written
-        # Only writing changes what is durable; an idle flush saves nothing.
-        # Acks below stay safe: a batch is acked once its newest record is
-        # under the cutoff, so written by this flush or an earlier one, and
-        # checkpointed (or this returns before any ack).
-        if not self._save():
-            return
-        if self._forwarder is not None:
-            self._forwarder.watermark = handed_over(cutoff, oldest_held, time.time_ns())
-        for peer, last in self._sessions.acks_due(cutoff):
-            try:
-                router.send_multipart([peer, ACK, orjson.dumps({"acked": last})], zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # the node resends and is acknowledged again
-
-    def _save(self) -> bool:
-        """Checkpoint what is written (if anything is new); False while that fails."""
-        if self._cluster.unsaved:
-            try:
-                self._cluster.checkpoint()
-            except OSError as exc:
-                self._hold(exc)
-                return False
-        if self._held_since is not None:
-            held, self._held_since = time.monotonic() - self._held_since, None
-            self._notice(f"{self.out_path} is writable again after {held:.0f}s; what arrived meanwhile was held")
-        return True
-
-    def _hold(self, exc: OSError) -> None:
-        """The output cannot be written (a full disk): say so once, and hold until it can.
-
-        Nothing is acknowledged meanwhile, so the nodes keep (and spool)
-        their batches, and credit bounds what is held here.
-        """
-        self.stats["write_failures"] += 1
-        if self._held_since is None:
-            self._held_since = time.monotonic()
-            self.errors.report(
-                f"out:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
-                f"cannot write {self.out_path}: {exc.strerror}; holding (nothing acknowledged) until it can",
-            )
-
-    def _write(self, ready: Ready, pub: zmq.Socket, watermark: int) -> bool:
-        try:
-            self._cluster.write(ready)
-        except OSError as exc:  # the file is as it was
-            self._hold(exc)
-            return False
-        self.stats["records"] = self._cluster.records
-        self.stats["late"] = self._cluster.late
-        watching = self._watching_records()
-        if not watching and self._forwarder is None:
-            return True
-        records = ready.merged("records")
-        if watching:
-            # Records that arrived before anyone watched were not kept as dicts.
-            shown = [r for r in records if r is not None]
-            try:
-                if shown:
-                    pub.send_multipart([b"rec", _encoded(shown)], zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # no subscriber keeps up: live view only, the file has everything
-        if self._forwarder is not None:
-            self._forwarder.submit(records, watermark)
-        return True
+    @staticmethod
+    def _acknowledge(router: zmq.Socket, acks: list[tuple[bytes, int]]) -> None:
+        for peer, last in acks:
+            _send(router, [peer, ACK, orjson.dumps({"acked": last})])  # lost: the node resends, is acked again

@@ -1,0 +1,193 @@
+"""What reaches the streamer, with no sockets: a message's frames -> sessions and ingest -> its reply.
+
+Every message a node (or ``nvrxlog tail``) sends on the ROUTER is judged
+here: a hello is checked and welcomed with credit or refused with a reason,
+batches go through ``ingest.py`` into the merge buffer and wait for their
+acks in ``sessions.py``, pings advance watermarks. The streamer's own lines
+(notices) enter the same merge buffer as one more writer, so they are
+written in time order and de-duplicated like any other. The caller sends
+the reply, if any, and owns the sockets; this is testable with plain frames.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+
+from nvrxlog.core.cursor import WriterCursor
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.core.record import notice_record
+from nvrxlog.core.report import describe
+from nvrxlog.streamer.ingest import MALFORMED, Ingest, batch_seq, record_key
+from nvrxlog.streamer.merge import Chunk, MergeBuffer
+from nvrxlog.streamer.sessions import Session, Sessions
+from nvrxlog.wire.protocol import (
+    BATCH,
+    HELLO,
+    INFO,
+    PING,
+    PROTOCOL_VERSION,
+    QUIT,
+    REFUSED,
+    RESET,
+    TAIL,
+    WELCOME,
+    hello_size_problem,
+    version_problem,
+)
+
+__all__ = ["Intake"]
+
+#: Dropped batches named one by one per session; past this a hostile peer's flood is only counted.
+_NAMED_DROPS = 20
+
+
+class Intake:
+    """The streamer's sessions, ingest and records held for merging, fed one message at a time.
+
+    ``stats`` is the streamer's, updated in place. ``keep_records`` says
+    whether records must be kept as dicts (a relay, a live view).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        lines: LineFormat,
+        *,
+        stats: dict[str, int],
+        credit_bytes: int,
+        idle_timeout: float,
+        keep_records: Callable[[], bool],
+    ) -> None:
+        self.stats = stats
+        self.sessions = Sessions(credit_bytes=credit_bytes, idle_timeout=idle_timeout)
+        # Records held for merging, as sorted chunks (one per batch): a flush
+        # takes what is ready from each chunk and sorts only that, instead of
+        # re-sorting everything held while a slow node catches up.
+        self.pending = MergeBuffer()
+        self.pub_endpoint: str | None = None  # the live socket, told to whoever asks (TAIL)
+        self._name = name
+        self._lines = lines
+        self._keep_records = keep_records
+        self._start_ns = time.time_ns()
+        self._notice_seq = 0
+        self._notice_key = record_key(name, f"streamer.{self._start_ns}")
+        self.ingest = self._new_ingest(None)
+
+    def recover(self, written: dict[str, int]) -> None:
+        """Start from what the output already holds (per ``node|writer``, the highest seq written)."""
+        self.ingest = self._new_ingest(written)
+
+    def _new_ingest(self, written: dict[str, int] | None) -> Ingest:
+        return Ingest(
+            self._lines, written=written, notice=self.notice, keep_records=self._keep_records, stats=self.stats
+        )
+
+    # -- messages -------------------------------------------------------------------
+
+    def handle(self, frames: list[bytes], now: float) -> list[bytes] | None:
+        """Take one message (``[peer, kind, ...]``) at monotonic time ``now``; the reply to send, if any.
+
+        A reply may be dropped (the peer's queue is full): each one is
+        something the peer asks for again.
+        """
+        if len(frames) < 2:
+            self.stats["bad_frames"] += 1
+            return None
+        peer, kind = frames[0], frames[1]
+        sessions = self.sessions
+        session = sessions.get(peer)
+        try:
+            if kind == BATCH and session is not None and len(frames) >= 3:
+                self.notices(sessions.seen(session.node, now))
+                for payload in frames[2:]:
+                    self._batch(session, payload)
+            elif kind == PING and session is not None:
+                self.notices(sessions.seen(session.node, now))
+                if len(frames) == 3:
+                    sessions.advance(session.node, int(frames[2]))
+                return [peer, PING]
+            elif kind == HELLO and len(frames) == 3:
+                return self._hello(peer, frames[2], now)
+            elif kind == QUIT and session is not None:
+                self.notices(sessions.quit(peer))
+            elif kind == TAIL:
+                return [peer, INFO, orjson.dumps({"pub": self.pub_endpoint})]
+            elif kind in (BATCH, PING):
+                return [peer, RESET]  # unknown peer (we restarted): hello first
+            else:
+                raise ValueError(f"unknown message kind {kind[:8]!r}")
+        except MALFORMED as exc:
+            self.stats["bad_frames"] += 1
+            who = session.node if session else "an unknown peer"
+            if session is None or not session.bad:
+                self.notice(f"dropped a malformed message from {who}: {str(exc)[:200]}")
+            if session is not None:
+                session.bad += 1
+        return None
+
+    def _hello(self, peer: bytes, body: bytes, now: float) -> list[bytes]:
+        """Welcome ``peer`` with its credit, or refuse it with the reason."""
+        problem = hello_size_problem(len(body))
+        if problem is not None:  # not parsed: its name would cost memory as large as the frame
+            return self._refuse(peer, "a peer", problem)
+        hello = orjson.loads(body)
+        node = self.ingest.name(hello["node"])
+        problem = version_problem(hello)
+        if problem is not None:
+            return self._refuse(peer, f"node {node}", problem)
+        credit, notices = self.sessions.hello(peer, node, now)
+        self.notices(notices)
+        self.stats["nodes"] = self.sessions.nodes
+        return [peer, WELCOME, orjson.dumps({"credit": credit})]
+
+    def _refuse(self, peer: bytes, who: str, problem: str) -> list[bytes]:
+        self.stats["refused"] += 1
+        self.notice(f"refused {who}: {problem}")
+        return [peer, REFUSED, orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})]
+
+    def _batch(self, session: Session, payload: bytes) -> None:
+        """Take one batch payload of a message; each is judged alone, so a bad one costs only itself."""
+        try:
+            batch = self.ingest.batch(session.node, payload)
+        except MALFORMED as exc:
+            self._dropped(session, payload, exc)
+            return
+        self.pending.add(batch.chunk)
+        self.stats["batches"] += 1
+        session.expect_ack(batch.seq, batch.newest)
+        self.sessions.advance(session.node, batch.watermark)
+
+    def _dropped(self, session: Session, payload: bytes, exc: BaseException) -> None:
+        """Count and name a dropped batch; its ack (and every later one) waits for the notice to be written."""
+        self.stats["bad_frames"] += 1
+        self.stats["dropped_batches"] += 1
+        session.bad += 1
+        seq = batch_seq(payload)
+        if session.bad <= _NAMED_DROPS:
+            what = "a batch" if seq is None else f"batch {seq}"
+            more = "; further ones are counted, not named" if session.bad == _NAMED_DROPS else ""
+            session.hold = self.notice(f"dropped {what} from {session.node}: malformed ({describe(exc)[:200]}){more}")
+        if seq is not None:
+            session.expect_ack(seq, -1)
+
+    # -- the streamer's own lines -----------------------------------------------------
+
+    def notices(self, notices: list[tuple[str, str]]) -> None:
+        """``notice`` each ``(text, level)``."""
+        for text, level in notices:
+            self.notice(text, level)
+
+    def notice(self, text: str, level: str = "WARNING") -> int:
+        """Put a line of the streamer's own in the output; its time (written once the cutoff passes it)."""
+        self._notice_seq += 1
+        ts = time.time_ns()
+        record = notice_record(
+            self._notice_seq, ts, f"nvrxlog streamer: {text}", level, node=self._name, w=f"streamer.{self._start_ns}"
+        )
+        # Our own writer, de-duplicated like any other (a relay's upstream sees it as one).
+        self.ingest.cursors.setdefault(self._notice_key, WriterCursor()).seq = self._notice_seq
+        self.pending.add(Chunk([ts], [self._notice_key], [self._notice_seq], [record], self._lines.lines([record])))
+        return ts

@@ -1,0 +1,119 @@
+"""The streamer's intake (``nvrxlog.streamer.intake``): frames in, sessions and held records changed, a reply out."""
+
+from __future__ import annotations
+
+import orjson
+from test_streamer_ingest import T0, payload, rec
+
+from nvrxlog.core.lines import LineFormat
+from nvrxlog.streamer.intake import Intake
+from nvrxlog.wire.protocol import (
+    BATCH,
+    HELLO,
+    INFO,
+    PING,
+    PROTOCOL_VERSION,
+    QUIT,
+    REFUSED,
+    RESET,
+    TAIL,
+    WELCOME,
+    hello,
+)
+
+PEER = b"peer1"
+
+
+def _intake() -> Intake:
+    stats = {"batches": 0, "nodes": 0, "refused": 0, "dropped_batches": 0}
+    return Intake(
+        "streamer", LineFormat(untrusted=True), stats=stats, credit_bytes=1 << 20, idle_timeout=10.0, keep_records=bool
+    )
+
+
+def _notices(intake: Intake) -> list[str]:
+    """The streamer's own lines held for the merge, in order."""
+    ready, _ = intake.pending.take(float("inf"))
+    return [] if ready is None else [r["msg"] for r in ready.merged("records")]
+
+
+def test_hello_is_welcomed_with_credit_and_makes_a_session() -> None:
+    """A hello of this version gets WELCOME with the node's share of credit, and a session for the node."""
+    intake = _intake()
+    reply = intake.handle([PEER, *hello("node1")], 1.0)
+    assert reply is not None and reply[:2] == [PEER, WELCOME]
+    assert orjson.loads(reply[2]) == {"credit": 1 << 20}
+    assert intake.sessions.get(PEER).node == "node1"
+    assert intake.stats["nodes"] == 1
+
+
+def test_hello_of_another_version_is_refused_with_the_reason() -> None:
+    """A hello of another protocol version is refused, counted and noticed; no session is made."""
+    intake = _intake()
+    reply = intake.handle([PEER, HELLO, orjson.dumps({"node": "node1", "v": 1})], 1.0)
+    assert reply is not None and reply[:2] == [PEER, REFUSED]
+    assert orjson.loads(reply[2])["v"] == PROTOCOL_VERSION
+    assert intake.sessions.get(PEER) is None and intake.stats["refused"] == 1
+    assert any("refused node node1" in text for text in _notices(intake))
+
+
+def test_batches_and_pings_of_an_unknown_peer_are_told_to_say_hello() -> None:
+    """A batch or ping from a peer without a session (the streamer restarted) is answered RESET, nothing taken."""
+    intake = _intake()
+    assert intake.handle([PEER, BATCH, payload(1, [rec(0, T0)])], 1.0) == [PEER, RESET]
+    assert intake.handle([PEER, PING], 1.0) == [PEER, RESET]
+    assert not intake.pending and intake.stats["batches"] == 0
+
+
+def test_a_batch_is_held_for_the_merge_and_waits_for_its_ack() -> None:
+    """A batch of a welcomed node is held, advances the node's watermark and is acked once the cutoff passes it."""
+    intake = _intake()
+    intake.handle([PEER, *hello("node1")], 1.0)
+    assert intake.handle([PEER, BATCH, payload(7, [rec(0, T0), rec(1, T0 + 1)], watermark=T0 + 5)], 2.0) is None
+    assert intake.stats["batches"] == 1 and intake.sessions.watermarks["node1"] == T0 + 5
+    assert intake.sessions.acks_due(T0) == []
+    assert intake.sessions.acks_due(T0 + 1) == [(PEER, 7)]
+    ready, _ = intake.pending.take(T0 + 1)
+    assert ready is not None and ready.merged("seqs") == [0, 1]  # not kept as dicts: nobody watches
+    assert [line.split(" message ")[1] for line in ready.merged("lines")] == ["0\n", "1\n"]
+
+
+def test_ping_advances_the_watermark_and_is_answered() -> None:
+    """A ping with a watermark advances it and is answered with a ping."""
+    intake = _intake()
+    intake.handle([PEER, *hello("node1")], 1.0)
+    assert intake.handle([PEER, PING, b"%d" % (T0 + 9)], 2.0) == [PEER, PING]
+    assert intake.sessions.watermarks["node1"] == T0 + 9
+
+
+def test_a_malformed_batch_is_dropped_named_and_acked_after_its_notice() -> None:
+    """A batch that cannot be read is counted and named; its ack waits for the notice naming it."""
+    intake = _intake()
+    intake.handle([PEER, *hello("node1")], 1.0)
+    intake.handle([PEER, BATCH, b'{"b": 3, "c": 0, "r": 5}'], 2.0)
+    assert intake.stats["dropped_batches"] == 1 and intake.stats["bad_frames"] == 1
+    (hold,) = [ts for seq, ts in intake.sessions.get(PEER).acks if seq == 3]
+    assert intake.sessions.acks_due(hold - 1) == []
+    assert intake.sessions.acks_due(hold) == [(PEER, 3)]
+    assert any("dropped batch 3 from node1" in text for text in _notices(intake))
+
+
+def test_tail_is_told_the_live_endpoint_and_quit_ends_the_session() -> None:
+    """TAIL is answered with the live socket's endpoint; QUIT ends the session with a notice that it finished."""
+    intake = _intake()
+    intake.pub_endpoint = "tcp://127.0.0.1:5555"
+    assert intake.handle([b"viewer", TAIL], 1.0) == [b"viewer", INFO, b'{"pub":"tcp://127.0.0.1:5555"}']
+    intake.handle([PEER, *hello("node1")], 1.0)
+    assert intake.handle([PEER, QUIT], 2.0) is None
+    assert intake.sessions.get(PEER) is None
+    assert "nvrxlog streamer: node node1 finished" in _notices(intake)
+
+
+def test_an_unknown_kind_or_a_short_message_is_a_bad_frame() -> None:
+    """A message of an unknown kind is noticed once per peer; one without a kind is only counted."""
+    intake = _intake()
+    assert intake.handle([PEER], 1.0) is None
+    assert intake.handle([PEER, b"Z"], 1.0) is None
+    assert intake.handle([PEER, b"Z"], 1.0) is None
+    assert intake.stats["bad_frames"] == 3
+    assert sum("malformed message from an unknown peer" in text for text in _notices(intake)) == 2
