@@ -53,6 +53,7 @@ class Flush:
 
     def __call__(self, *, final: bool) -> list[tuple[bytes, int]]:
         """Write what the cutoff (everything, if ``final``) passed; ``(peer, last batch seq)`` to acknowledge."""
+        self._intake.take_foreign_notices()
         pending, sessions = self._intake.pending, self._intake.sessions
         cutoff = _INF if final else sessions.cutoff(time.time_ns(), self._hold_ns)
         ready, oldest_held = pending.take(cutoff)

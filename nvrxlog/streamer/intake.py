@@ -12,6 +12,7 @@ the reply, if any, and owns the sockets; this is testable with plain frames.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 import orjson
@@ -73,6 +74,7 @@ class Intake:
         self._keep_records = keep_records
         self._start_ns = time.time_ns()
         self._notice_seq = 0
+        self._foreign: deque[tuple[str, str]] = deque()  # notices from other threads, not yet put in
         self._notice_key = record_key(name, f"streamer.{self._start_ns}")
         self.ingest = self._new_ingest(None)
 
@@ -179,6 +181,15 @@ class Intake:
         """``notice`` each ``(text, level)``."""
         for text, level in notices:
             self.notice(text, level)
+
+    def notice_from_thread(self, text: str, level: str = "WARNING") -> None:
+        """``notice`` from another thread (a relay's forwarder): queued, put in on the streamer's own thread."""
+        self._foreign.append((text, level))  # deque.append is atomic; the merge buffer is not thread-safe
+
+    def take_foreign_notices(self) -> None:
+        """Put in what other threads said since the last flush (on the streamer's thread)."""
+        while self._foreign:
+            self.notice(*self._foreign.popleft())
 
     def notice(self, text: str, level: str = "WARNING") -> int:
         """Put a line of the streamer's own in the output; its time (written once the cutoff passes it)."""

@@ -161,7 +161,7 @@ class Streamer(Service):
                     self.name,
                     spool,
                     spool_max_bytes=self._spool_max,
-                    notice=self._intake.notice,
+                    notice=self._intake.notice_from_thread,
                     curve=self._forward_curve,
                 ).start()
             except BaseException:
