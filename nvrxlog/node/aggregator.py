@@ -26,7 +26,7 @@ from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
-from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, backlog_paused
+from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, Backlog
 from nvrxlog.node.forwarding import Forwarding
 from nvrxlog.node.handover import IDLE_EXIT_S, QuietClock, left_behind_text, start_successor, successor_command
 from nvrxlog.node.merge import HoldBack
@@ -132,10 +132,7 @@ class NodeAggregator(Service):
         self.per_rank = self._out.per_rank
         self.levels = self._out.levels
         self._held = HoldBack()
-        self._max_held = max_held
-        self._max_held_bytes = max_held_bytes
-        self._record_bytes = 256.0  # bytes per record as read, averaged over recent cycles
-        self._read_all_at = 0  # when every tail was last polled
+        self._backlog = Backlog(max_held, max_held_bytes)
         self._failure: BaseException | None = None
         forks.register(self)
 
@@ -335,24 +332,15 @@ class NodeAggregator(Service):
         batch: list[tuple] = []
         cutoff = _INF if final else now - self._window_ns
         held = self._held
-        backlog = len(held) + self._spool_waiting()
-        paused = backlog_paused(
-            held=backlog,
-            limit=self._max_held,
-            held_bytes=backlog * self._record_bytes,
-            byte_limit=self._max_held_bytes,
-            write_failing=self._stuck(),
-        )
+        backlog = self._backlog
+        paused = backlog.paused(len(held) + self._spool_waiting(), write_failing=self._stuck(), now=now)
         if paused:
             # Tails not read now may hold records from before the cutoff:
             # nothing read since the last full read is safe to write either.
-            cutoff = min(cutoff, self._read_all_at - self._window_ns)
-        else:
-            self._read_all_at = now
+            cutoff = min(cutoff, backlog.read_all_at - self._window_ns)
         read, limit, died = self._writers.read(batch, now, final=final, paused=paused, oldest=held.oldest)
         cutoff = min(cutoff, limit)
-        if batch:
-            self._record_bytes = (self._record_bytes + read / len(batch)) / 2
+        backlog.read(read, len(batch))
         out = self._out
         if died:
             out.unsaved = True  # their finished files wait for a checkpoint
