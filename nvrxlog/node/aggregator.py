@@ -28,7 +28,14 @@ from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
 from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, Backlog
 from nvrxlog.node.forwarding import Forwarding
-from nvrxlog.node.handover import IDLE_EXIT_S, QuietClock, left_behind_text, start_successor, successor_command
+from nvrxlog.node.handover import (
+    IDLE_EXIT_S,
+    QuietClock,
+    left_behind_text,
+    start_successor,
+    successor_command,
+    successor_needed,
+)
 from nvrxlog.node.merge import HoldBack
 from nvrxlog.node.notices import Notices
 from nvrxlog.node.output import NodeOutput
@@ -169,6 +176,7 @@ class NodeAggregator(Service):
                 spool,
                 notice=self._notices.add,
                 errors=self.errors,
+                stats=self.stats,
                 **self._forward_options,
             )
             self._forwarding.start()
@@ -202,22 +210,22 @@ class NodeAggregator(Service):
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
-        finished = not self._thread.is_alive()
-        if not finished:
+        if self._thread.is_alive():
             # Still draining when the wait ran out. The thread keeps its
             # forwarder and output (taking them now would pull them from under
             # it); at a hand-over the lock goes with this process, and a
             # successor waiting for it writes what is left.
             self.errors.once(f"the node aggregator did not finish draining within {timeout}s")
             if hand_over:
-                self.successor = self._spawn_successor()
+                self.successor = start_successor(self.successor_command(), self.errors)
             return False
         successor = None
-        if hand_over and self._failure is None:
-            forwarder = self._forwarder
-            unsent = forwarder is not None and (forwarder.spool.pending_batches or self._spool_waiting())
-            if self.live_writers() or unsent:
-                successor = self._spawn_successor()
+        if (
+            hand_over
+            and self._failure is None
+            and successor_needed(self.live_writers(), self._forwarder, self._spool_waiting())
+        ):
+            successor = start_successor(self.successor_command(), self.errors)
         if successor is None and (hand_over or last):
             self.note_left_behind()
         forwarding, self._forwarding = self._forwarding, None
@@ -225,12 +233,7 @@ class NodeAggregator(Service):
             # Everything written is spooled. A successor resends what is not
             # acknowledged yet; without one, wait a bounded time for the streamer.
             timeout = 0.2 if successor is not None else self._drain_timeout if drain else 0.0
-            running = forwarding.forwarder
-            if running is not None:
-                self.stats["spool_dropped"] = running.stats["dropped"]
-            undelivered = forwarding.stop(timeout, report=successor is None)
-            if undelivered is not None:
-                self.stats["undelivered"] = undelivered
+            forwarding.stop(timeout, report=successor is None)
         # Only now: a successor must not open the spool while our forwarder still uses it.
         self._out.file.close()
         self._lock.release()
@@ -241,9 +244,6 @@ class NodeAggregator(Service):
         """The command line of a process that can take this node's aggregation over."""
         curve = self._forward_options["curve"]
         return successor_command(self.tmp_dir, self.log_dir, self.node_id, self.streamer, curve, json=self.json)
-
-    def _spawn_successor(self) -> object | None:
-        return start_successor(self.successor_command(), self.errors)
 
     def live_writers(self) -> list[WriterId]:
         """Writers on the node that were alive at the last look (after a drain: still writing)."""

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from nvrxlog.core.record import WriterId
     from nvrxlog.core.report import ErrorCounter
     from nvrxlog.wire.curve import CurveKeys
+    from nvrxlog.wire.forwarder import Forwarder
 
 __all__ = [
     "IDLE_EXIT_S",
@@ -31,6 +32,7 @@ __all__ = [
     "spawn_successor",
     "start_successor",
     "successor_command",
+    "successor_needed",
 ]
 
 # How long a successor waits for the tmpdir's lock: its predecessor lets go
@@ -81,6 +83,16 @@ def spawn_successor(command: list[str]) -> subprocess.Popen:
         start_new_session=True,  # not stopped with the rank's process group by a Ctrl-C
         close_fds=True,
     )
+
+
+def successor_needed(live: list[WriterId], forwarder: Forwarder | None, spool_waiting: int) -> bool:
+    """Whether the node's aggregation must go on once this process is gone.
+
+    It must while a writer lives (it may log more), or while records are not
+    delivered: batches the streamer has not acknowledged, or records still
+    waiting for the spool (``spool_waiting``).
+    """
+    return bool(live) or (forwarder is not None and bool(forwarder.spool.pending_batches or spool_waiting))
 
 
 def start_successor(command: list[str], errors: ErrorCounter) -> subprocess.Popen | None:
