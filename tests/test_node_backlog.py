@@ -10,7 +10,7 @@ import pytest
 from conftest import fill_disk, mounted_tmpfs, node_env, parse_text_records, start_worker, wait_for
 
 from nvrxlog import NodeAggregator
-from nvrxlog.node.backlog import backlog_paused, tails_to_read
+from nvrxlog.node.backlog import Backlog, backlog_paused, tails_to_read
 
 
 def _tail(more: bool, key: int) -> SimpleNamespace:
@@ -24,6 +24,19 @@ def test_reading_pauses_only_when_writes_fail_and_the_backlog_is_full() -> None:
     assert backlog_paused(held=1, held_bytes=1000, write_failing=True, **limits)
     assert not backlog_paused(held=9, held_bytes=999, write_failing=True, **limits)
     assert not backlog_paused(held=10**6, held_bytes=10**9, write_failing=False, **limits)
+
+
+def test_the_backlog_weighs_records_by_the_bytes_read_and_remembers_the_last_full_read() -> None:
+    """Backlog: held records weigh the average bytes per record read; only an unpaused cycle moves read_all_at."""
+    backlog = Backlog(limit=10**6, byte_limit=10_000)
+    assert not backlog.paused(20, write_failing=True, now=5)  # 20 records at 256 bytes each
+    assert backlog.read_all_at == 5
+    backlog.read(0, 0)  # nothing read: the average stays
+    backlog.read(100_000, 100)  # (256 + 1000) / 2 bytes per record from now on
+    assert backlog.paused(20, write_failing=True, now=9)
+    assert backlog.read_all_at == 5
+    assert not backlog.paused(20, write_failing=False, now=11)
+    assert backlog.read_all_at == 11
 
 
 def test_paused_reading_takes_only_tails_that_block_every_held_record() -> None:

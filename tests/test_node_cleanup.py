@@ -11,7 +11,7 @@ from conftest import node_env, parse_text_records, wait_for
 
 from nvrxlog import NodeAggregator
 from nvrxlog.core.record import parse_file_name
-from nvrxlog.node.aggregator import checkpoint_due
+from nvrxlog.node.output import checkpoint_due
 
 # A data-loader-style parent: forks children that each log one line and exit, then idles until stdin closes.
 _FORKER = """

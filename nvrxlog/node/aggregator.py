@@ -1,36 +1,44 @@
 """NodeAggregator: tail every writer, merge by time, write the per-node file (and forward it).
 
-The service around the node's stages: ``writers`` (with ``scanner``) finds writers' files,
+The service around the node's stages: its lifecycle, its thread and the
+cycle that chains them. ``writers`` (with ``scanner``) finds writers' files,
 ``tail`` reads each writer's records (``core/cursor`` de-duplicates them and
-finds gaps), ``merge`` holds them back for the time-ordered merge, and
-``core/output`` writes and checkpoints the per-node file. When forwarding,
-each written batch is spooled for the ``wire`` forwarder before the
-checkpoint that covers it.
+finds gaps), ``merge`` holds them back for the time-ordered merge, ``notices``
+adds the aggregator's own lines, and ``output`` writes and checkpoints the
+per-node file. When forwarding (``forwarding``), each written batch is spooled
+for the ``wire`` forwarder before the checkpoint that covers it. At a rank's
+exit, ``handover`` starts a successor that goes on where this one stopped.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
-from collections import Counter, deque
-from operator import itemgetter
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from nvrxlog.config import DEFAULT_LOG_DIR, LogConfig, sanitize_name
 from nvrxlog.core import forks
-from nvrxlog.core.lines import LineFormat
-from nvrxlog.core.output import CheckpointedOutput
-from nvrxlog.core.record import WriterId, notice_record
+from nvrxlog.core.record import WriterId
 from nvrxlog.core.report import ErrorCounter, describe
 from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
 from nvrxlog.core.watermark import handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
-from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, backlog_paused
+from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, Backlog
 from nvrxlog.node.forwarding import Forwarding
+from nvrxlog.node.handover import (
+    IDLE_EXIT_S,
+    QuietClock,
+    left_behind_text,
+    start_successor,
+    successor_command,
+    successor_needed,
+)
 from nvrxlog.node.merge import HoldBack
+from nvrxlog.node.notices import Notices
+from nvrxlog.node.output import NodeOutput
 from nvrxlog.node.writers import Writers
 
 if TYPE_CHECKING:
@@ -40,24 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["NodeAggregator", "node_log_path"]
 
 _INF = float("inf")
-# exit_when_idle: stop once no writer has lived and nothing was left for this long.
-_IDLE_EXIT_S = 1.0
-_SPOOL_PATIENCE_S = 60.0
-_TID, _SEQ, _RECORD = itemgetter(1), itemgetter(2), itemgetter(3)
-_LEVEL = itemgetter("level")
-
-
-def checkpoint_due(*, final: bool, unsaved: bool, since_ns: int, interval_ns: int, spooling: bool = False) -> bool:
-    """Whether to checkpoint now: at the final drain, or when something is unsaved and the interval passed.
-
-    "Unsaved" is records written since the last checkpoint, or a writer found
-    dead: its finished files are deleted only by a checkpoint, so waiting for
-    the next record would keep them (in /dev/shm: RAM) as long as the node is quiet.
-    Never while written records still wait for the spool (``spooling``): a
-    checkpoint past them would count them as forwarded, and a restart would
-    not produce them again.
-    """
-    return not spooling and (final or (unsaved and since_ns >= interval_ns))
 
 
 def node_log_path(log_dir: str, node_id: str) -> str:
@@ -114,20 +104,13 @@ class NodeAggregator(Service):
         self.started = threading.Event()
         self.stats: Counter[str] = Counter()
         self.errors = ErrorCounter(f"aggregator {self.node_id}")
-        # A rank's message must not forge a line of another rank either.
         self.json = json
-        self._format = LineFormat(json=json, untrusted=True)
-        #: Records written per rank and per level: the summary a service prints at exit.
-        self.per_rank: Counter[object] = Counter()
-        self.levels: Counter[object] = Counter()
         self._window_ns = int(merge_window * 1e9)
         self._idle_s = idle_interval
         self._busy_s = busy_interval
-        self._ckpt_ns = int(checkpoint_interval * 1e9)
         self._forwarding: Forwarding | None = None
         self._forward_options = {"spool_max_bytes": spool_max_bytes, "warn_after": warn_after, "curve": curve}
         self._drain_timeout = drain_timeout
-        self._notice_key = f"aggregator.{time.time_ns()}"
         self._wake = threading.Event()
         self._stopping = False
         self._drain = True
@@ -136,22 +119,27 @@ class NodeAggregator(Service):
         self._lock = AggregatorLock()
         self._lock.wait_s = lock_wait
         self._exit_when_idle = exit_when_idle
-        self._quiet_since: float | None = None
-        self._started_at = time.monotonic()
+        self._quiet = QuietClock(time.monotonic())
         #: The detached process that took over at stop(hand_over=True), if one did.
         self.successor: object | None = None
-        self._output = CheckpointedOutput(self.out_path, self.checkpoint_path)
-        self._writers = Writers(self.tmp_dir, self._notice, self.errors, self.stats)
+        self._notices = Notices(self.stats)  # the forwarder's thread adds too
+        self._writers = Writers(self.tmp_dir, self._notices.add, self.errors, self.stats)
+        self._out = NodeOutput(
+            self.out_path,
+            self.checkpoint_path,
+            self.node_id,
+            json=json,
+            checkpoint_interval_ns=int(checkpoint_interval * 1e9),
+            writers=self._writers,
+            errors=self.errors,
+            stats=self.stats,
+            notice_key=self._notices.key,
+        )
+        #: Records written per rank and per level: the summary a service prints at exit.
+        self.per_rank = self._out.per_rank
+        self.levels = self._out.levels
         self._held = HoldBack()
-        self._notices: deque[tuple[str, int | None]] = deque()  # the forwarder's thread adds too
-        self._notice_seq = 0
-        self._last_ckpt = 0
-        self._unsaved = False  # see checkpoint_due
-        self._max_held = max_held
-        self._max_held_bytes = max_held_bytes
-        self._record_bytes = 256.0  # bytes per record as read, averaged over recent cycles
-        self._write_failing = False  # the last write of the per-node file failed
-        self._read_all_at = 0  # when every tail was last polled
+        self._backlog = Backlog(max_held, max_held_bytes)
         self._failure: BaseException | None = None
         forks.register(self)
 
@@ -174,16 +162,22 @@ class NodeAggregator(Service):
             raise OutputError(f"cannot create log dir {self.log_dir}: {exc.strerror}") from exc
         self._lock.take(self.tmp_dir)
         try:
-            self._recover()
+            self._out.open(self._notices.add)
         except BaseException:
-            self._output.close()
+            self._out.file.close()
             self._lock.release()
             raise
         if self.streamer:
             # Forwarding is optional: a problem with it is reported, the per-node file goes on.
             spool = os.path.join(self.log_dir, f".nvrx_spool_{self.node_id}")
             self._forwarding = Forwarding(
-                self.streamer, self.node_id, spool, notice=self._notice, errors=self.errors, **self._forward_options
+                self.streamer,
+                self.node_id,
+                spool,
+                notice=self._notices.add,
+                errors=self.errors,
+                stats=self.stats,
+                **self._forward_options,
             )
             self._forwarding.start()
         self._thread = threading.Thread(target=self._run, name=f"nvrxlog-aggregator-{self.node_id}", daemon=True)
@@ -216,23 +210,22 @@ class NodeAggregator(Service):
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
-        finished = not self._thread.is_alive()
-        if not finished:
+        if self._thread.is_alive():
             # Still draining when the wait ran out. The thread keeps its
             # forwarder and output (taking them now would pull them from under
             # it); at a hand-over the lock goes with this process, and a
             # successor waiting for it writes what is left.
             self.errors.once(f"the node aggregator did not finish draining within {timeout}s")
             if hand_over:
-                self.successor = self._spawn_successor()
+                self.successor = start_successor(self.successor_command(), self.errors)
             return False
         successor = None
-        if hand_over and self._failure is None:
-            live = self.live_writers()
-            forwarder = self._forwarder
-            unsent = forwarder is not None and (forwarder.spool.pending_batches or self._spool_waiting())
-            if live or unsent:
-                successor = self._spawn_successor()
+        if (
+            hand_over
+            and self._failure is None
+            and successor_needed(self.live_writers(), self._forwarder, self._spool_waiting())
+        ):
+            successor = start_successor(self.successor_command(), self.errors)
         if successor is None and (hand_over or last):
             self.note_left_behind()
         forwarding, self._forwarding = self._forwarding, None
@@ -240,33 +233,17 @@ class NodeAggregator(Service):
             # Everything written is spooled. A successor resends what is not
             # acknowledged yet; without one, wait a bounded time for the streamer.
             timeout = 0.2 if successor is not None else self._drain_timeout if drain else 0.0
-            running = forwarding.forwarder
-            if running is not None:
-                self.stats["spool_dropped"] = running.stats["dropped"]
-            undelivered = forwarding.stop(timeout, report=successor is None)
-            if undelivered is not None:
-                self.stats["undelivered"] = undelivered
+            forwarding.stop(timeout, report=successor is None)
         # Only now: a successor must not open the spool while our forwarder still uses it.
-        self._output.close()
+        self._out.file.close()
         self._lock.release()
         self.successor = successor
         return True
 
     def successor_command(self) -> list[str]:
         """The command line of a process that can take this node's aggregation over."""
-        from nvrxlog.node.handover import successor_command
-
         curve = self._forward_options["curve"]
         return successor_command(self.tmp_dir, self.log_dir, self.node_id, self.streamer, curve, json=self.json)
-
-    def _spawn_successor(self) -> object | None:
-        from nvrxlog.node.handover import spawn_successor
-
-        try:
-            return spawn_successor(self.successor_command())
-        except OSError as exc:
-            self.errors.once(f"cannot start a successor aggregator ({exc.strerror})")
-            return None
 
     def live_writers(self) -> list[WriterId]:
         """Writers on the node that were alive at the last look (after a drain: still writing)."""
@@ -277,30 +254,12 @@ class NodeAggregator(Service):
 
         The per-node file gets a line and stderr gets it once; returns those writers.
         """
-        from nvrxlog.node.handover import left_behind_text
-
         live = self.live_writers()
-        if not live:
-            return live
-        text = left_behind_text(live, self.tmp_dir, self.log_dir, self.node_id)
-        self.errors.once(text)
-        try:
-            record = notice_record(self._notice_seq + 1, time.time_ns(), f"nvrxlog aggregator: {text}")
-            self._output.write((self._format.line(record, self.node_id)).encode("utf-8", "backslashreplace"))
-        except OSError:
-            pass  # stderr has it
+        if live:
+            text = left_behind_text(live, self.tmp_dir, self.log_dir, self.node_id)
+            self.errors.once(text)
+            self._out.write_last(self._notices.last(text))  # if the file cannot take it, stderr has it
         return live
-
-    def _recover(self) -> None:
-        try:
-            self._writers.written = self._output.open()
-        except OutputError:
-            raise  # another process writes it: the message says so
-        except OSError as exc:
-            raise OutputError(f"cannot open per-node file {self.out_path}: {exc.strerror}") from exc
-        if self._output.problem:
-            self._notice(self._output.problem)
-        self.stats["recovered_bytes_cut"] += self._output.cut
 
     @property
     def backlog(self) -> int:
@@ -326,12 +285,12 @@ class NodeAggregator(Service):
                 delay = self._busy_s if got else min(max(delay * 2, 0.001), self._idle_s)
                 wait = delay
                 # While writes fail, held records are overdue: retry at the idle pace, not at once.
-                if self._held and not self._write_failing:
+                if self._held and not self._out.failing:
                     due = (self._held.oldest + self._window_ns - time.time_ns()) / 1e9
                     wait = min(wait, max(due, 0.0005))
                 self._wake.wait(wait)
                 self._wake.clear()
-                if self._exit_when_idle and self._idle_for(got) >= _IDLE_EXIT_S:
+                if self._exit_when_idle and self._idle_for(got) >= IDLE_EXIT_S:
                     self._stopping = True  # every writer is gone and everything is written
             if self._drain:
                 # A drain takes everything, in bounded steps.
@@ -345,7 +304,7 @@ class NodeAggregator(Service):
         finally:
             self._writers.close()
             if self._failure is not None:
-                self._output.close()
+                self._out.file.close()
                 self._lock.release()
 
     def _spool_waiting(self) -> int:
@@ -353,26 +312,14 @@ class NodeAggregator(Service):
 
     def _stuck(self) -> bool:
         # The per-node file or the spool cannot take records now.
-        return self._write_failing or self._spool_waiting() > 0
+        return self._out.failing or self._spool_waiting() > 0
 
     def _idle_for(self, got: bool) -> float:
         """Seconds since the node last had a live writer or anything left to write or deliver."""
         now = time.monotonic()
-        busy = (
-            got
-            or self._held
-            or self._notices
-            or self._writers.busy
-            or (self._forwarder is not None and self._forwarder.spool.pending_batches and not self._gave_up())
-        )
-        if busy or self._quiet_since is None:
-            self._quiet_since = now if not busy else None
-            return 0.0
-        return now - self._quiet_since
-
-    def _gave_up(self) -> bool:
-        # A successor does not wait for a streamer forever: past this, records stay spooled (and it says so).
-        return time.monotonic() - self._started_at > _SPOOL_PATIENCE_S
+        forwarder = self._forwarder
+        unsent = forwarder is not None and forwarder.spool.pending_batches and not self._quiet.gave_up(now)
+        return self._quiet.quiet_for(bool(got or self._held or self._notices or self._writers.busy or unsent), now)
 
     def _cycle(self, *, final: bool) -> bool:
         now = time.time_ns()
@@ -385,119 +332,38 @@ class NodeAggregator(Service):
         batch: list[tuple] = []
         cutoff = _INF if final else now - self._window_ns
         held = self._held
-        backlog = len(held) + self._spool_waiting()
-        paused = backlog_paused(
-            held=backlog,
-            limit=self._max_held,
-            held_bytes=backlog * self._record_bytes,
-            byte_limit=self._max_held_bytes,
-            write_failing=self._stuck(),
-        )
+        backlog = self._backlog
+        paused = backlog.paused(len(held) + self._spool_waiting(), write_failing=self._stuck(), now=now)
         if paused:
             # Tails not read now may hold records from before the cutoff:
             # nothing read since the last full read is safe to write either.
-            cutoff = min(cutoff, self._read_all_at - self._window_ns)
-        else:
-            self._read_all_at = now
+            cutoff = min(cutoff, backlog.read_all_at - self._window_ns)
         read, limit, died = self._writers.read(batch, now, final=final, paused=paused, oldest=held.oldest)
         cutoff = min(cutoff, limit)
-        if batch:
-            self._record_bytes = (self._record_bytes + read / len(batch)) / 2
+        backlog.read(read, len(batch))
+        out = self._out
         if died:
-            self._unsaved = True  # their finished files wait for a checkpoint
+            out.unsaved = True  # their finished files wait for a checkpoint
         held.add(batch)
         if self._notices:
-            self._flush_notices(now)
+            held.add(self._notices.take(now))
         ready = held.take(cutoff)
-        if ready and self._write_failing and len(ready) > PROBE_RECORDS:
+        if ready and out.failing and len(ready) > PROBE_RECORDS:
             held.put_back(ready[PROBE_RECORDS:])
             ready = ready[:PROBE_RECORDS]
             cutoff = held.oldest - 1  # what is promised downstream: only what is written
-        if ready:
-            self._write(ready, handed_over(cutoff, _INF, now))
+        if ready and not out.write(ready, handed_over(cutoff, _INF, now), forwarding):
+            # The file is as it was: hold the records again, so the retry neither loses nor doubles them.
+            held.put_back(ready)
         waiting = self._spool_waiting()
         if self._forwarder is not None and not waiting:
             # Everything up to the cutoff is out; held (or put back) records are not.
-            self._forwarder.watermark = handed_over(cutoff, self._held.oldest, now)
-        since = now - self._last_ckpt
-        if checkpoint_due(
-            final=final, unsaved=self._unsaved, since_ns=since, interval_ns=self._ckpt_ns, spooling=waiting > 0
-        ):
-            self._checkpoint(now)
+            self._forwarder.watermark = handed_over(cutoff, held.oldest, now)
+        out.checkpoint(now, final=final, spooling=waiting > 0)
         return bool(read)
-
-    def _write(self, ready: list[tuple], watermark: int) -> None:
-        records = list(map(_RECORD, ready))
-        data = self._format.text(records, self.node_id)
-        try:
-            self._output.write(data)
-        except OSError as exc:
-            # The file is as it was: hold the records again, so the retry
-            # neither loses nor doubles them.
-            self._held.put_back(ready)
-            self._write_failing = True
-            self.errors.report(
-                f"write:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
-                f"cannot write {self.out_path}: {exc.strerror}; retrying",
-            )
-            return
-        self._write_failing = False
-        by_tid = self._writers.by_tid
-        tids = list(map(_TID, ready))
-        # Per writer, found in C: its last seq written and how many it wrote.
-        for tid, seq in dict(zip(tids, map(_SEQ, ready), strict=True)).items():
-            tail = by_tid.get(tid)
-            if tail is not None:
-                tail.emitted_seq = seq
-        per_rank = self.per_rank
-        for tid, count in Counter(tids).items():
-            tail = by_tid.get(tid)
-            per_rank[tail.rank if tail is not None else None] += count
-        try:
-            levels = list(map(_LEVEL, records))
-        except KeyError:  # a foreign record without a level
-            levels = [record.get("level") for record in records]
-        self.levels.update(levels)
-        self.stats["records"] += len(ready)
-        self.stats["bytes"] += len(data)
-        self._unsaved = True
-        if self._forwarder is not None:
-            # Spooled before the checkpoint that covers these records, so a
-            # kill -9 in between re-sends (deduplicated) rather than loses;
-            # if the spool cannot take them, no checkpoint passes them.
-            for tid, record in zip(tids, records, strict=True):
-                tail = by_tid.get(tid)
-                record["w"] = tail.key if tail is not None else self._notice_key
-            self._forwarding.submit(records, watermark, time.monotonic())
-
-    def _checkpoint(self, now: int) -> None:
-        try:
-            self._output.save(self._writers.emitted())
-        except OSError as exc:
-            self.errors.report("checkpoint", f"cannot save checkpoint: {exc.strerror}")
-            return  # files are kept until a checkpoint covers them
-        self._last_ckpt = now
-        self._unsaved = False
-        self._writers.release()
-
-    # -- notices: the aggregator's own lines in the output ---------------------------
-
-    def _notice(self, text: str, ts: int | None = None) -> None:
-        self.stats["notices"] += 1
-        self._notices.append((text, ts))
-
-    def _flush_notices(self, now: int) -> None:
-        items = []
-        while self._notices:
-            text, ts = self._notices.popleft()
-            self._notice_seq += 1
-            ts = now if ts is None else ts
-            record = notice_record(self._notice_seq, ts, f"nvrxlog aggregator: {text}")
-            items.append((ts, -1, self._notice_seq, record))
-        self._held.add(items)
 
     def after_fork_in_child(self) -> None:
         """Drop the parent's descriptors without unlocking: the thread did not survive the fork."""
         self._lock.forget_after_fork()
-        self._output.forget_after_fork()
+        self._out.file.forget_after_fork()
         self._writers.close()

@@ -18,7 +18,7 @@ done before they are safely spooled, and counts them in its bounded backlog.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ class Forwarding:
     """Owns the aggregator's current forwarder: starts it, restarts it when its thread died, stops it.
 
     Used by the aggregator's thread only (and by ``stop`` after that thread ended).
+    At ``stop`` it counts in ``stats`` the records the spool dropped and those undelivered.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class Forwarding:
         *,
         notice: Callable[[str], None],
         errors: ErrorCounter,
+        stats: Counter[str],
         **options: Any,
     ) -> None:
         self.streamer = streamer
@@ -66,6 +68,7 @@ class Forwarding:
         self.restarts = 0
         self._notice = notice
         self._errors = errors
+        self._stats = stats
         self._options = options
         self._failures = 0
         self._retry_at: float | None = None  # None: nothing to retry (running, or off for good)
@@ -171,7 +174,9 @@ class Forwarding:
         self._waiting.clear()
         if forwarder is None:
             return None
+        self._stats["spool_dropped"] = forwarder.stats["dropped"]
         undelivered = forwarder.stop(timeout) + waiting
+        self._stats["undelivered"] = undelivered
         if undelivered and report:
             self._errors.report(
                 "undelivered",

@@ -7,6 +7,9 @@ its own: it waits for the tmpdir's lock (the one-aggregator rule holds at
 every moment), resumes from the checkpoint (so the hand-over loses and
 doubles nothing), and exits once every writer is gone and everything is
 written and delivered. Under SLURM the step's SIGTERM makes it drain and exit.
+
+Here: the successor's command line and its start, what to say when no
+successor follows, and the successor's own end (``QuietClock``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,27 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from nvrxlog.core.record import WriterId
+    from nvrxlog.core.report import ErrorCounter
     from nvrxlog.wire.curve import CurveKeys
+    from nvrxlog.wire.forwarder import Forwarder
 
-__all__ = ["left_behind_text", "spawn_successor", "successor_command"]
+__all__ = [
+    "IDLE_EXIT_S",
+    "QuietClock",
+    "left_behind_text",
+    "spawn_successor",
+    "start_successor",
+    "successor_command",
+    "successor_needed",
+]
 
 # How long a successor waits for the tmpdir's lock: its predecessor lets go
 # after its last drain, which takes a fraction of this.
 TAKE_OVER_WAIT_S = 30.0
+#: A successor stops once no writer has lived and nothing was left for this long.
+IDLE_EXIT_S = 1.0
+# A successor does not wait for a streamer forever: past this, records stay spooled (and it says so).
+_SPOOL_PATIENCE_S = 60.0
 
 
 def successor_command(
@@ -68,6 +85,25 @@ def spawn_successor(command: list[str]) -> subprocess.Popen:
     )
 
 
+def successor_needed(live: list[WriterId], forwarder: Forwarder | None, spool_waiting: int) -> bool:
+    """Whether the node's aggregation must go on once this process is gone.
+
+    It must while a writer lives (it may log more), or while records are not
+    delivered: batches the streamer has not acknowledged, or records still
+    waiting for the spool (``spool_waiting``).
+    """
+    return bool(live) or (forwarder is not None and bool(forwarder.spool.pending_batches or spool_waiting))
+
+
+def start_successor(command: list[str], errors: ErrorCounter) -> subprocess.Popen | None:
+    """Start a detached successor running ``command``; None (reported once in ``errors``) if it cannot start."""
+    try:
+        return spawn_successor(command)
+    except OSError as exc:
+        errors.once(f"cannot start a successor aggregator ({exc.strerror})")
+        return None
+
+
 def left_behind_text(live: list[WriterId], tmp_dir: str, log_dir: str, node_id: str) -> str:
     """What to say when no successor follows and writers still ``live`` may log more into ``tmp_dir``."""
     names = ", ".join(str(w) for w in live[:8]) + (" ..." if len(live) > 8 else "")
@@ -76,3 +112,27 @@ def left_behind_text(live: list[WriterId], tmp_dir: str, log_dir: str, node_id: 
         f"will take it: run `nvrxlog aggregate --tmp-dir {tmp_dir} --log-dir {log_dir} "
         f"--node-id {node_id} --once` on this node to write it"
     )
+
+
+class QuietClock:
+    """How long a successor's node has been quiet: no live writer, nothing left to write or deliver.
+
+    Times are ``time.monotonic()`` seconds; ``started`` is when the successor was made.
+    """
+
+    __slots__ = ("_quiet_since", "_started")
+
+    def __init__(self, started: float) -> None:
+        self._started = started
+        self._quiet_since: float | None = None
+
+    def gave_up(self, now: float) -> bool:
+        """Past its patience, records the streamer has not acknowledged no longer keep a successor running."""
+        return now - self._started > _SPOOL_PATIENCE_S
+
+    def quiet_for(self, busy: bool, now: float) -> float:
+        """Seconds the node has been quiet, given whether it is ``busy`` now (0 on the first quiet look)."""
+        if busy or self._quiet_since is None:
+            self._quiet_since = now if not busy else None
+            return 0.0
+        return now - self._quiet_since
