@@ -44,4 +44,4 @@ def clock_stepped_back(oldest_held: float, now: int, window: int) -> bool:
     window`` (and a second's slack), they would wait for as long as the step
     was. Time is not sane across such a step: they are written by arrival.
     """
-    return oldest_held > now + window + CLOCK_SLACK_NS
+    return now + window + CLOCK_SLACK_NS < oldest_held < float("inf")  # inf: nothing is held

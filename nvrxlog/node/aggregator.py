@@ -24,7 +24,7 @@ from nvrxlog.core.record import WriterId
 from nvrxlog.core.report import ErrorCounter, describe
 from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
-from nvrxlog.core.watermark import handed_over
+from nvrxlog.core.watermark import clock_stepped_back, handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
 from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, Backlog
 from nvrxlog.node.forwarding import Forwarding
@@ -347,6 +347,13 @@ class NodeAggregator(Service):
         held.add(batch)
         if self._notices:
             held.add(self._notices.take(now))
+        if clock_stepped_back(held.oldest, now, self._window_ns):
+            cutoff = _INF  # by arrival: waiting for the clock to catch up would hold them for the step's length
+            self._writers.clock_stepped_back(now)
+            self._notices.add(
+                f"the clock stepped back by about {(held.oldest - now) / 1e9:.0f}s; records held across "
+                "the step are written in the order they arrived"
+            )
         ready = held.take(cutoff)
         if ready and out.failing and len(ready) > PROBE_RECORDS:
             held.put_back(ready[PROBE_RECORDS:])

@@ -68,6 +68,11 @@ class Writers:
             noun = "entry" if len(skipped) == 1 else "entries"
             self._notice(f"skipped {len(skipped)} {noun} in the tmpdir: {', '.join(skipped[:10])}")
 
+    def clock_stepped_back(self, now: int) -> None:
+        """After a step back of the clock: each writer's merge key starts again from its records' times."""
+        for tail in self.tails.values():
+            tail.cursor.key = min(tail.cursor.key, now)
+
     def read(self, out: list, now: int, *, final: bool, paused: bool, oldest: float) -> tuple[int, float, bool]:
         """Poll the tails into ``out``: ``(bytes read, how far the merge may go, whether a writer was found dead)``."""
         read = 0
