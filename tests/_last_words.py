@@ -34,7 +34,9 @@ def main() -> None:
     if args.mode == "crash":
         # Rank 0 fails at step 50; the others are in a "collective" that fails once rank 0 is gone.
         if rank == 0:
-            (shared / "rank0.pid").write_text(str(os.getpid()))
+            # Renamed into place, so the others never read it half-written (empty).
+            (shared / "rank0.pid.tmp").write_text(str(os.getpid()))
+            (shared / "rank0.pid.tmp").rename(shared / "rank0.pid")
         for step in range(args.steps):
             log.info("r%d step %d", rank, step)
             if step == 50:

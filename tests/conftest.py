@@ -140,7 +140,9 @@ def node_settled(tmp_path: Path) -> None:
 def parse_text_records(path: Path) -> list[dict]:
     """Split a text-format output file into records (continuation lines joined, their indent removed)."""
     records: list[dict] = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    text = path.read_text(encoding="utf-8")
+    # A file still being written may end in a line that is not whole yet: it is read next time.
+    for raw in text[: text.rfind("\n") + 1].splitlines():
         match = LINE.match(raw)
         if match:
             records.append(match.groupdict())

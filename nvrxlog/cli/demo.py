@@ -43,6 +43,10 @@ def run_demo(work_dir: str | None, *, nodes: int = 2, ranks: int = 4, steps: int
         if live:
             print(f"  live view (nvrxlog tail --connect {streamer.endpoint}):", flush=True)
             viewer = subprocess.Popen([sys.executable, "-m", "nvrxlog", "tail", "--connect", streamer.endpoint])
+            # The ranks start once the view listens, so it shows the job from its first line.
+            deadline = time.monotonic() + 10
+            while not streamer.watched and viewer.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
         procs = []
         try:
             for n in range(nodes):

@@ -139,6 +139,11 @@ class Streamer(Service):
         return self._intake.ingest
 
     @property
+    def watched(self) -> bool:
+        """True once a live view (``nvrxlog tail``) has subscribed."""
+        return bool(self._live.watchers)  # len() of a set is atomic: safe from another thread
+
+    @property
     def _watchers(self) -> set[bytes]:
         return self._live.watchers
 
