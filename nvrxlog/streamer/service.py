@@ -192,6 +192,11 @@ class Streamer(Service):
         self._stopping = True
         self._wake.poke()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            # Still flushing when the wait ran out: the thread keeps its relay
+            # forwarder (taking it now would pull it from under the flush).
+            self.errors.once(f"the streamer did not finish flushing within {timeout}s")
+            return
         if self._flush.forwarder is not None:
             undelivered = self._flush.forwarder.stop(timeout)
             self.stats["undelivered"] = undelivered
