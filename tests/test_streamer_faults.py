@@ -16,7 +16,7 @@ import pytest
 import zmq
 import zmq.auth
 from _net import aggregate_cli, assert_exactly_once, finish, free_port, json_lines, rank_env, stop_stream, stream_cli
-from conftest import child_env, emit, fill_disk, raw_record, start_worker, wait_for
+from conftest import child_env, emit, fill_disk, mounted_tmpfs, raw_record, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog.config import LogConfig
@@ -427,3 +427,37 @@ def test_a_record_nested_past_the_encoders_limit_does_not_kill_the_live_view(tmp
         assert streamer._thread.is_alive()
         context.destroy(linger=0)
     assert [r["msg"] for r in json_lines(out) if r["node"] == "evil"] == ["x", "after"]
+
+
+@pytest.mark.timeout(120)
+def test_a_relay_whose_spool_disk_is_full_holds_and_then_passes_everything_up(tmp_path: Path) -> None:
+    """A relay's spool on a full disk: the relay does not die, holds, and once space returns all goes upward once."""
+    relay_dir = tmp_path / "relay"
+    relay_dir.mkdir()
+    with (
+        Streamer("tcp://127.0.0.1:0", str(tmp_path / "top.log"), json=True) as top,
+        mounted_tmpfs(relay_dir / ".nvrx_spool_relay_relay", "64k", mode="0700") as spool,
+    ):
+        filler = fill_disk(spool)
+        relay_out = str(relay_dir / "relay.log")
+        relay = Streamer("tcp://127.0.0.1:0", relay_out, json=True, forward=top.endpoint, name="relay")
+        with relay:
+            tmp = tmp_path / "tmp"
+            with NodeAggregator(str(tmp), str(tmp_path / "logs"), "n0", relay.endpoint) as aggregator:
+                handler = NodeLocalHandler(str(tmp), LogConfig(rank=0, local_rank=0))
+                emit([handler], [f"r0 i{i}" for i in range(300)])
+                wait_for(lambda: relay.stats.get("write_failures", 0) > 0, 30, "the relay to meet the full spool")
+                assert relay.running, "a full spool must not stop the relay"
+                filler.unlink()
+                emit([handler], [f"r0 i{i}" for i in range(300, 400)])
+                handler.close()
+            assert aggregator.stats["undelivered"] == 0
+            wait_for(
+                lambda: sum(r["msg"].startswith("r0 i") for r in json_lines(tmp_path / "top.log")) >= 400,
+                60,
+                "everything at the top streamer",
+            )
+    top_msgs = [r["msg"] for r in json_lines(tmp_path / "top.log") if r["msg"].startswith("r0 i")]
+    assert top_msgs == [f"r0 i{i}" for i in range(400)]
+    relay_msgs = [r["msg"] for r in json_lines(relay_dir / "relay.log") if r["msg"].startswith("r0 i")]
+    assert relay_msgs == [f"r0 i{i}" for i in range(400)]

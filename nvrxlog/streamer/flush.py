@@ -50,6 +50,7 @@ class Flush:
         self._stats = stats
         self._errors = errors
         self._held_since: float | None = None  # since when the output cannot be written
+        self._unspooled: list[tuple[list, int]] = []  # a relay's records written but not yet spooled
 
     def __call__(self, *, final: bool) -> list[tuple[bytes, int]]:
         """Write what the cutoff (everything, if ``final``) passed; ``(peer, last batch seq)`` to acknowledge."""
@@ -60,6 +61,8 @@ class Flush:
         if ready is not None and not self._write(ready, handed_over(cutoff, _INF, time.time_ns())):
             pending.put_back(ready)
             return []  # holding: nothing acknowledged or forwarded past what is written
+        if not self._spool():
+            return []  # a relay whose spool is full: nothing acknowledged past what it could not take
         # Only writing changes what is durable; an idle flush saves nothing.
         # Acks below stay safe: a batch is acked once its newest record is
         # under the cutoff, so written by this flush or an earlier one, and
@@ -94,7 +97,7 @@ class Flush:
             )
         return True
 
-    def _hold(self, exc: OSError) -> None:
+    def _hold(self, exc: OSError, what: str | None = None) -> None:
         """The output cannot be written (a full disk): say so once, and hold until it can.
 
         Nothing is acknowledged meanwhile, so the nodes keep (and spool)
@@ -105,7 +108,7 @@ class Flush:
             self._held_since = time.monotonic()
             self._errors.report(
                 f"out:{errno.errorcode.get(exc.errno or 0, exc.errno)}",
-                f"cannot write {self._out_path}: {exc.strerror}; holding (nothing acknowledged) until it can",
+                f"cannot write {what or self._out_path}: {exc.strerror}; holding (nothing acknowledged) until it can",
             )
 
     def _write(self, ready: Ready, watermark: int) -> bool:
@@ -123,5 +126,24 @@ class Flush:
         if watching:
             self._live.publish(records)
         if self.forwarder is not None:
-            self.forwarder.submit(records, watermark)
+            self._unspooled.append((records, watermark))
+            self._spool()
+        return True
+
+    def _spool(self) -> bool:
+        """Hand the relay's forwarder what is written and not spooled yet, in order; False while it cannot.
+
+        A spool that cannot take records (a full disk) holds the relay like
+        its own output: nothing is checkpointed or acknowledged past them, so
+        a restart writes and spools them again (upstream drops what it has).
+        """
+        forwarder = self.forwarder
+        while self._unspooled and forwarder is not None:
+            records, watermark = self._unspooled[0]
+            try:
+                forwarder.submit(records, watermark)
+            except OSError as exc:
+                self._hold(exc, forwarder.spool.directory)
+                return False
+            self._unspooled.pop(0)
         return True
