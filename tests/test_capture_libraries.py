@@ -242,3 +242,45 @@ def test_ranks_set_after_setup_are_used_from_then_on(tmp_path: Path) -> None:
     ranks = [(r["rank"], r["local"]) for r in records if r["msg"] == "tick"]
     first = ranks.index(("3", "0"))
     assert set(ranks[first:]) == {("3", "0")} and first < len(ranks) // 2, "resolved within a second or two, for good"
+
+
+@pytest.mark.timeout(120)
+def test_a_librarys_terminal_handler_gets_its_stream_back_when_capture_ends(tmp_path: Path) -> None:
+    """Redirected while capture runs, a library's StreamHandler writes to its own stream again after force_reset."""
+    result = run_script(
+        tmp_path,
+        """
+        import logging, sys
+        lib = logging.getLogger("lib")
+        handler = logging.StreamHandler(sys.stderr)
+        lib.addHandler(handler)
+        lib.propagate = False
+        from nvrxlog import setup_logger
+        setup_logger(capture="logging,stdio,echo")
+        lib.warning("while captured")
+        setup_logger(force_reset=True, capture="warnings")
+        assert handler.stream is sys.stderr, handler.stream
+        lib.warning("after capture")
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Logging error" not in result.stderr and result.stderr.count("after capture") == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_shared_log_file_survives_a_dictconfig(tmp_path: Path) -> None:
+    """setup_logger(log_file=...) then dictConfig (which closes every handler): the shared file keeps its lines."""
+    shared = tmp_path / "all.log"
+    result = run_script(
+        tmp_path,
+        f"""
+        import logging.config
+        from nvrxlog import setup_logger
+        log = setup_logger(log_file={str(shared)!r})
+        log.info("before")
+        logging.config.dictConfig({{"version": 1}})
+        log.info("after")
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[-1] for line in shared.read_text().splitlines()] == ["before", "after"]

@@ -31,7 +31,6 @@ __all__ = ["Adoption", "Thresholds"]
 
 _original_call_handlers = logging.Logger.callHandlers
 _original_add_handler = logging.Logger.addHandler
-_original_existing: Callable[..., None] | None = None  # logging.config's, once capture is on
 
 # The one adoption in force (capture is per process); None when off.
 _active: Adoption | None = None
@@ -92,16 +91,6 @@ def _add_handler(self: logging.Logger, hdlr: logging.Handler) -> None:
         adoption.redirect(hdlr)
 
 
-def _handle_existing_loggers(existing: list[str], child_loggers: list[str], disable_existing: bool) -> None:
-    # dictConfig/fileConfig disable every logger they do not name (their
-    # default): nvrxlog's own must stay on, and the user must hear of the rest.
-    assert _original_existing is not None
-    _original_existing(existing, child_loggers, disable_existing)
-    adoption = _active
-    if adoption is not None:
-        adoption.after_reconfiguration(existing, disable_existing)
-
-
 class Adoption:
     """Installs logging capture for one process (see the module docstring)."""
 
@@ -129,16 +118,10 @@ class Adoption:
             handler.handle(record)
 
     def install(self) -> None:
-        global _active, _original_existing
-        import logging.config  # only where logging capture is on: not every rank needs it
-
+        global _active
         _active = self
         logging.Logger.callHandlers = _call_handlers  # type: ignore[method-assign]
         logging.Logger.addHandler = _add_handler  # type: ignore[method-assign]
-        current = getattr(logging.config, "_handle_existing_loggers", None)
-        if current is not None and current is not _handle_existing_loggers:
-            _original_existing = current
-            logging.config._handle_existing_loggers = _handle_existing_loggers  # type: ignore[attr-defined]
         # RootLogger inherits both; the loggers that exist now have their handlers already.
         for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
             if isinstance(logger, logging.Logger):
@@ -151,14 +134,13 @@ class Adoption:
             _active = None
             logging.Logger.callHandlers = _original_call_handlers  # type: ignore[method-assign]
             logging.Logger.addHandler = _original_add_handler  # type: ignore[method-assign]
-            if _original_existing is not None:
-                sys.modules["logging.config"]._handle_existing_loggers = _original_existing  # type: ignore[attr-defined]
-        for handler, stream in self._redirected.items():
+        # Taken first: another thread's addHandler may redirect one more meanwhile.
+        redirected, self._redirected = self._redirected, {}
+        for handler, stream in redirected.items():
             try:
                 handler.setStream(stream)
-            except (OSError, ValueError):
+            except Exception:
                 pass  # the stream was closed meanwhile: nothing to give back
-        self._redirected.clear()
 
     def redirect(self, handler: logging.Handler) -> None:
         """A foreign terminal handler writes to the real terminal (or nowhere), not into the captured fds."""
@@ -169,24 +151,14 @@ class Adoption:
         fd = _terminal_fd(handler.stream)  # type: ignore[attr-defined]
         if fd is None:
             return
-        target = self._terminal(fd)
-        self._redirected[handler] = handler.setStream(target if target is not None else _devnull())  # type: ignore[attr-defined]
-
-    def after_reconfiguration(self, existing: list[str], disabled: bool) -> None:
-        """After dictConfig/fileConfig: nvrxlog's logger stays enabled; say what else was switched off."""
-        own = self.own
-        own.disabled = False
-        for name in existing:
-            if name.startswith(own.name + "."):
-                logging.getLogger(name).disabled = False
-        if disabled:
-            others = [n for n in existing if n != own.name and not n.startswith(own.name + ".")]
-            if others:
-                self._report(
-                    f"a logging configuration (dictConfig/fileConfig, disable_existing_loggers=True) disabled "
-                    f"{len(others)} existing logger(s) (e.g. {', '.join(others[:3])}); their records are not "
-                    "captured. nvrxlog's logger stays enabled; pass disable_existing_loggers=False to keep the rest"
-                )
+        old = handler.stream  # type: ignore[attr-defined]
+        try:
+            target = self._terminal(fd) or _devnull()
+            if target is not old:
+                handler.setStream(target)  # type: ignore[attr-defined]
+                self._redirected[handler] = old
+        except Exception as exc:  # a closed stream, no /dev/null: the library's handler is left as it was
+            self._report(f"cannot keep a terminal handler of another library off the captured output: {exc}")
 
 
 def _is_plain_stream_subclass(handler: logging.Handler) -> bool:

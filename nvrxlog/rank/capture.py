@@ -160,6 +160,7 @@ class Capture:
         self.original_stderr: io.TextIOBase = sys.stderr
         self.original_stdout: io.TextIOBase = sys.stdout
         self._adoption: Adoption | None = None
+        self._copies: tuple[io.TextIOBase, ...] = ()  # the terminal copies fd capture made (ours to close)
         self._owner_pid = os.getpid()
         self._root_handlers: list[logging.Handler] = []
         self._writers: list[_LineWriter] = []
@@ -212,6 +213,7 @@ class Capture:
         # Our own stream handler must write where stderr really goes, not into the pipe.
         self.original_stderr = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
         self.original_stdout = os.fdopen(os.dup(saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+        self._copies = (self.original_stderr, self.original_stdout)
 
     def _dump_stacks_on_signals(self) -> None:
         """A rank stopped by a fatal signal or SIGTERM leaves its Python stack in the pipe, as one record.
@@ -316,6 +318,11 @@ class Capture:
                     self._helper.wait(_HELPER_WAIT_S)
                 except subprocess.TimeoutExpired:
                     pass  # a child still holds the pipe; the helper finishes when it does, on its own
-            for stream in (self.original_stderr, self.original_stdout):
-                if stream is not sys.__stderr__ and stream is not sys.__stdout__:
-                    stream.close()
+
+    def close_streams(self) -> None:
+        """Close the copies of the terminal made for fd capture, once no handler writes to them any more."""
+        if os.getpid() != self._owner_pid:
+            return
+        copies, self._copies = self._copies, ()
+        for stream in copies:
+            stream.close()

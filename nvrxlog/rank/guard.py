@@ -1,4 +1,4 @@
-"""Filters and foreign handlers on the ``nvrx`` logger that log through it cannot recurse.
+"""The ``nvrx`` logger cannot be made to recurse, or be switched off by someone else's logging config.
 
 nvrxlog's own handlers guard themselves (``safe.py``), but a filter added to
 the logger itself runs in ``Logger.handle``, before any handler: one that
@@ -7,18 +7,23 @@ logs through ``nvrx`` re-enters it until ``RecursionError`` reaches user code
 each handler that is not nvrxlog's, is wrapped: a record logged from inside
 it, on the same thread, is dropped and counted, reported once. A logger
 without filters pays nothing per record.
+
+``logging.config.dictConfig`` and ``fileConfig`` disable every existing
+logger they do not name (their default): nvrxlog's stays enabled, and the
+user hears once, on the terminal and in the node file, what else was.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from nvrxlog.core.report import ErrorCounter
 from nvrxlog.rank.safe import SafeHandler
 
-__all__ = ["guard_logger"]
+__all__ = ["guard_logger", "keep_enabled"]
 
 _errors = ErrorCounter("nvrx logger")
 _DROPPED = "a record logged from inside a filter or handler of the nvrx logger was dropped (it would recurse)"
@@ -89,3 +94,33 @@ def guard_logger(logger: logging.Logger) -> None:
 
     logger.addFilter = guarded_add_filter  # type: ignore[method-assign]
     logger.addHandler = guarded_add_handler  # type: ignore[method-assign]
+
+
+_reconfigured: Callable[[str], None] | None = None  # how the current set-up tells the user
+
+
+def keep_enabled(logger: logging.Logger, tell: Callable[[str], None]) -> None:
+    """Keep ``logger`` (and its children) enabled through dictConfig/fileConfig from now on (safe twice)."""
+    global _reconfigured
+    import logging.config  # its hook must be in place before anyone configures
+
+    _reconfigured = tell
+    current = getattr(logging.config, "_handle_existing_loggers", None)
+    if current is None or getattr(current, "_nvrx", False):
+        return
+
+    def handle_existing(existing: list[str], child_loggers: list[str], disable_existing: bool) -> None:
+        current(existing, child_loggers, disable_existing)
+        ours = [n for n in existing if n == logger.name or n.startswith(logger.name + ".")]
+        for name in ours:
+            logging.getLogger(name).disabled = False
+        others = [n for n in existing if n not in ours]
+        if disable_existing and others and _reconfigured is not None:
+            _reconfigured(
+                f"a logging configuration (dictConfig/fileConfig, disable_existing_loggers=True) disabled "
+                f"{len(others)} existing logger(s) (e.g. {', '.join(others[:3])}); nvrxlog's logger stays "
+                "enabled; pass disable_existing_loggers=False to keep the others"
+            )
+
+    handle_existing._nvrx = True  # type: ignore[attr-defined]
+    logging.config._handle_existing_loggers = handle_existing  # type: ignore[attr-defined]

@@ -80,6 +80,11 @@ class NodeLocalHandler(SafeHandler):
             self._next_look = 0.0
             self.emit = self._emit_until_ranks_known  # type: ignore[method-assign]
 
+    @property
+    def ranks(self) -> tuple[int | None, ...]:
+        """(rank, local rank, infra rank, infra local rank) as this writer labels its records now."""
+        return self._ranks
+
     def _fill_template(self) -> None:
         rank, local_rank, infra_rank, infra_local_rank = self._ranks
         constant = orjson.dumps(
@@ -174,6 +179,10 @@ class NodeLocalHandler(SafeHandler):
             try:
                 self._map.write(data)  # type: ignore[union-attr]
             except (AttributeError, ValueError):  # no chunk mapped (None), or it is full: nothing written
+                if self._successor is not None:  # closed by a set-up again: the new writer takes it
+                    self._seq = seq
+                    self._successor.handle(record)
+                    return
                 self._write_slow(data)
         except RecursionError:
             raise

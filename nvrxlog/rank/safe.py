@@ -40,6 +40,7 @@ class SafeHandler(logging.Handler):
     def _safe_init(self) -> None:
         self._busy = False
         self._deferred: list[logging.LogRecord] = []
+        self._successor: SafeHandler | None = None  # set when closed by a set-up again
         self.errors = ErrorCounter(type(self).__name__)
         forks.register(self)
 
@@ -84,6 +85,9 @@ class SafeHandler(logging.Handler):
             self.close()
             if successor is not None:
                 self.handle = successor.handle  # type: ignore[method-assign]
+                # A thread that took the old bound handle before this line waits
+                # for our lock and then finds the handler closed: emit passes it on.
+                self._successor = successor
 
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
@@ -126,6 +130,12 @@ class AppendFileHandler(SafeHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self._fd < 0:
+                if self._successor is not None:
+                    self._successor.handle(record)
+                    return
+                # Closed by someone else (logging.shutdown() inside dictConfig): the file is still ours.
+                self._fd = open_own(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC)
             write_all(self._fd, (self.format(record) + "\n").encode("utf-8", "backslashreplace"))
         except RecursionError:
             raise

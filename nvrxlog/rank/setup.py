@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import sys
 import threading
@@ -17,7 +18,7 @@ from nvrxlog.errors import AggregatorBusyError, ConfigError, NvrxLogError
 from nvrxlog.node.aggregator import NodeAggregator
 from nvrxlog.rank.capture import Capture, parse_capture
 from nvrxlog.rank.excepthook import ExceptHooks
-from nvrxlog.rank.guard import guard_logger
+from nvrxlog.rank.guard import guard_logger, keep_enabled
 from nvrxlog.rank.handler import NodeLocalHandler
 from nvrxlog.rank.safe import AppendFileHandler, SafeHandler, SafeStreamHandler
 from nvrxlog.rank.watchdog import AggregatorWatch, start_if_absent
@@ -97,7 +98,7 @@ def setup_logger(
             return logger
         # The old handlers keep taking records until the new ones replace them
         # in one assignment: a thread logging meanwhile loses nothing.
-        watch = _stop_capture_and_hooks()
+        watch, old_capture = _stop_capture_and_hooks()
         if watch is not None:
             watch.stop()
         aggregator, _state.aggregator = _state.aggregator, None
@@ -147,7 +148,10 @@ def setup_logger(
                 _report_once(f"cannot open log_file {log_file}: {exc.strerror}; not writing it")
         _swap_handlers(logger, old_handlers, _state.handlers)
         _retire(old_handlers, _state.handlers, aggregator, at_exit=False)
+        if old_capture is not None:
+            old_capture.close_streams()
         guard_logger(logger)
+        keep_enabled(logger, _tell)
         _state.configured = True
         if grabber is not None:
             grabber.install(list(_state.handlers))
@@ -199,8 +203,12 @@ def _start_aggregator(tmp_dir: str, config: LogConfig, *, host: bool) -> None:
     _state.watch = AggregatorWatch(tmp_dir, _state.successor, local_rank=config.node_local_rank)
 
 
-def _stop_capture_and_hooks() -> AggregatorWatch | None:
-    """Uninstall the hooks and capture (the fd helper drains its pipes into records); return the watch."""
+def _stop_capture_and_hooks() -> tuple[AggregatorWatch | None, Capture | None]:
+    """Uninstall the hooks and capture (the fd helper drains its pipes into records); return the watch, capture.
+
+    The capture's copies of the terminal stay open: the old handlers may
+    write to them until they are replaced (``close_streams`` after that).
+    """
     hooks, _state.hooks = _state.hooks, None
     if hooks is not None:
         hooks.uninstall()
@@ -208,7 +216,7 @@ def _stop_capture_and_hooks() -> AggregatorWatch | None:
     if grabber is not None:
         grabber.uninstall()
     watch, _state.watch = _state.watch, None
-    return watch
+    return watch, grabber
 
 
 def _swap_handlers(logger: logging.Logger, old: list[logging.Handler], new: list[logging.Handler]) -> None:
@@ -237,40 +245,54 @@ def _retire(
 
 
 def _teardown(logger: logging.Logger, *, at_exit: bool = False) -> None:
-    watch = _stop_capture_and_hooks()
+    watch, capture = _stop_capture_and_hooks()
     if watch is not None:
         watch.stop()
     aggregator, _state.aggregator = _state.aggregator, None
     old, _state.handlers = _state.handlers, []
-    late = _late_writer() if at_exit else None
+    late = _late_writer(old) if at_exit else None
     _swap_handlers(logger, old, [late] if late is not None else [])
     _retire(old, [late] if late is not None else [], aggregator, at_exit=at_exit)
+    if capture is not None:
+        capture.close_streams()
     if watch is not None and at_exit:
         watch.last_look()
     _state.configured = False
 
 
-def _late_writer() -> NodeLocalHandler | None:
+def _late_writer(retiring: list[logging.Handler]) -> NodeLocalHandler | None:
     """At exit, after the last drain: a writer for what atexit handlers that run after ours still log.
 
     It costs nothing unless one does; its first record makes sure an
-    aggregator will take it (a successor, if none serves the node).
+    aggregator will take it (a successor, if none serves the node). It
+    carries the ranks the retiring writer had found by then.
     """
     tmp_dir, config = _state.tmp_dir, _state.config
     if tmp_dir is None or config is None:
         return None
+    old = next((h for h in retiring if isinstance(h, NodeLocalHandler)), None)
+    if old is not None:
+        rank, local_rank, _, _ = old.ranks
+        config = dataclasses.replace(config, rank=rank, local_rank=local_rank)
     try:
         handler = NodeLocalHandler(tmp_dir, config)
     except (NvrxLogError, OSError):
         return None
     command = _state.successor
     errors = ErrorCounter("setup_logger")
+    emit = vars(handler).get("emit")  # the ranks still unknown: the handler's own emit that looks them up
 
     def first(record: logging.LogRecord) -> None:
-        vars(handler).pop("emit", None)
+        if emit is None:
+            vars(handler).pop("emit", None)
+        else:
+            handler.emit = emit  # type: ignore[method-assign]
         handler.emit(record)
         if command is not None:
-            start_if_absent(tmp_dir, command, errors)
+            try:
+                start_if_absent(tmp_dir, command, errors)
+            except Exception as exc:  # at interpreter shutdown anything may fail: never into the caller
+                errors.once(f"cannot start an aggregator for what was logged at exit: {exc}")
 
     handler.emit = first  # type: ignore[method-assign]
     return handler
