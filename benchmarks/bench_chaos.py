@@ -110,7 +110,7 @@ def run(ranks: int = 4, count: int = 20_000, rate: float = 1000.0, kill_every: f
                     rss[name].append(mib)
         if now - last_kill > kill_every:
             agg.send_signal(signal.SIGKILL)
-            agg.wait()
+            agg.wait(timeout=30)
             agg = start_aggregator()
             kills += 1
             last_kill = now

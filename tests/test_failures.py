@@ -277,6 +277,7 @@ def test_force_reset_while_another_thread_logs_loses_nothing(node_local: Path, t
     finally:
         stop.set()
         thread.join(timeout=30)
+    assert not thread.is_alive()
     setup_logger(force_reset=True)  # the last writer closed too: everything is final
     msgs = [r["msg"] for r in _aggregate(node_local, tmp_path / "logs")]
     got = sorted(int(m.split()[1]) for m in msgs if m.startswith("t "))

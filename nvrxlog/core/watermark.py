@@ -8,12 +8,16 @@ streamer (as a relay) and the spool's batches all promise by this rule.
 
 from __future__ import annotations
 
-__all__ = ["batch_watermarks", "clock_stepped_back", "handed_over"]
+__all__ = ["INF", "batch_watermarks", "clock_stepped_back", "handed_over"]
+
+
+#: A cutoff past every record: a final flush writes everything.
+INF = float("inf")
 
 
 def handed_over(cutoff: float, oldest_held: float, now: int) -> int:
     """The watermark after a flush up to ``cutoff`` (``inf``: everything) with ``oldest_held`` still held."""
-    if cutoff == float("inf"):
+    if cutoff == INF:
         cutoff = now
     return int(min(cutoff, oldest_held - 1))
 
@@ -44,4 +48,4 @@ def clock_stepped_back(oldest_held: float, now: int, window: int) -> bool:
     window`` (and a second's slack), they would wait for as long as the step
     was. Time is not sane across such a step: they are written by arrival.
     """
-    return now + window + CLOCK_SLACK_NS < oldest_held < float("inf")  # inf: nothing is held
+    return now + window + CLOCK_SLACK_NS < oldest_held < INF  # INF: nothing is held

@@ -24,7 +24,7 @@ from nvrxlog.core.record import WriterId
 from nvrxlog.core.report import ErrorCounter, describe
 from nvrxlog.core.service import Service
 from nvrxlog.core.tmpdir import AggregatorLock, prepare_tmp_dir
-from nvrxlog.core.watermark import clock_stepped_back, handed_over
+from nvrxlog.core.watermark import INF, clock_stepped_back, handed_over
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError
 from nvrxlog.node.backlog import MAX_HELD_BYTES, MAX_HELD_RECORDS, PROBE_RECORDS, Backlog
 from nvrxlog.node.forwarding import Forwarding
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeAggregator", "node_log_path"]
 
-_INF = float("inf")
 
 
 def node_log_path(log_dir: str, node_id: str) -> str:
@@ -330,7 +329,7 @@ class NodeAggregator(Service):
             forwarding.flush(mono)
         self._writers.scan(now, force=final)
         batch: list[tuple] = []
-        cutoff = _INF if final else now - self._window_ns
+        cutoff = INF if final else now - self._window_ns
         held = self._held
         backlog = self._backlog
         paused = backlog.paused(len(held) + self._spool_waiting(), write_failing=self._stuck(), now=now)
@@ -348,7 +347,7 @@ class NodeAggregator(Service):
         if self._notices:
             held.add(self._notices.take(now))
         if clock_stepped_back(held.oldest, now, self._window_ns):
-            cutoff = _INF  # by arrival: waiting for the clock to catch up would hold them for the step's length
+            cutoff = INF  # by arrival: waiting for the clock to catch up would hold them for the step's length
             self._writers.clock_stepped_back(now)
             self._notices.add(
                 f"the clock stepped back by about {(held.oldest - now) / 1e9:.0f}s; records held across "
@@ -359,7 +358,7 @@ class NodeAggregator(Service):
             held.put_back(ready[PROBE_RECORDS:])
             ready = ready[:PROBE_RECORDS]
             cutoff = held.oldest - 1  # what is promised downstream: only what is written
-        if ready and not out.write(ready, handed_over(cutoff, _INF, now), forwarding):
+        if ready and not out.write(ready, handed_over(cutoff, INF, now), forwarding):
             # The file is as it was: hold the records again, so the retry neither loses nor doubles them.
             held.put_back(ready)
         waiting = self._spool_waiting()

@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 from nvrxlog.core.record import WriterId
 from nvrxlog.core.report import ErrorCounter
+from nvrxlog.core.watermark import INF
 from nvrxlog.node.backlog import tails_to_read
 from nvrxlog.node.scanner import TmpDirScanner
 from nvrxlog.node.tail import WriterTail, writer_is_dead
 
 __all__ = ["Writers"]
 
-_INF = float("inf")
 _DEAD_CHECK_NS = 1_000_000_000
 
 
@@ -76,7 +76,7 @@ class Writers:
     def read(self, out: list, now: int, *, final: bool, paused: bool, oldest: float) -> tuple[int, float, bool]:
         """Poll the tails into ``out``: ``(bytes read, how far the merge may go, whether a writer was found dead)``."""
         read = 0
-        limit = _INF
+        limit = INF
         died = False
         if paused:
             # Tails not polled now keep the data they had left.

@@ -15,7 +15,7 @@ import errno
 import time
 
 from nvrxlog.core.report import ErrorCounter
-from nvrxlog.core.watermark import handed_over
+from nvrxlog.core.watermark import INF, handed_over
 from nvrxlog.streamer.intake import Intake
 from nvrxlog.streamer.live import LiveView
 from nvrxlog.streamer.merge import Ready
@@ -24,7 +24,6 @@ from nvrxlog.wire.forwarder import Forwarder
 
 __all__ = ["Flush"]
 
-_INF = float("inf")
 
 
 class Flush:
@@ -56,9 +55,9 @@ class Flush:
         """Write what the cutoff (everything, if ``final``) passed; ``(peer, last batch seq)`` to acknowledge."""
         self._intake.take_foreign_notices()
         pending, sessions = self._intake.pending, self._intake.sessions
-        cutoff = _INF if final else sessions.cutoff(time.time_ns(), self._hold_ns)
+        cutoff = INF if final else sessions.cutoff(time.time_ns(), self._hold_ns)
         ready, oldest_held = pending.take(cutoff)
-        if ready is not None and not self._write(ready, handed_over(cutoff, _INF, time.time_ns())):
+        if ready is not None and not self._write(ready, handed_over(cutoff, INF, time.time_ns())):
             pending.put_back(ready)
             return []  # holding: nothing acknowledged or forwarded past what is written
         if not self._spool():
@@ -78,7 +77,7 @@ class Flush:
         pending = self._intake.pending
         if pending:
             self._errors.once(
-                f"{len(pending.take(_INF)[0] or [])} records could not be written to {self._out_path} "
+                f"{len(pending.take(INF)[0] or [])} records could not be written to {self._out_path} "
                 "at stop; they were not acknowledged, so their nodes send them again to the next streamer"
             )
 
