@@ -51,7 +51,10 @@ def main() -> None:
     elif args.mode == "until":
         # Log at ~200 records/s until <dir>/stop (or stop.<rank>) exists, then one last line.
         i = 0
+        deadline = time.monotonic() + 300  # a test that failed before stopping it must not leave it running
         while not (shared / "stop").exists() and not (shared / f"stop.{rank}").exists():
+            if time.monotonic() > deadline:
+                sys.exit("never told to stop")
             log.info("r%d i%d", rank, i)
             i += 1
             time.sleep(0.005)  # pacing the load

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,26 @@ from nvrxlog import Streamer
 SCENARIO = str(HERE / "_last_words.py")
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_rank_left_behind(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test ends with, none of its ranks or successors goes on running."""
+    yield
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    _started.clear()
+    for proc in aggregators(tmp_path):
+        proc.kill()
+
+
 def _ranks(tmp_path: Path, mode: str, n: int, *extra: str, **env: object) -> list[subprocess.Popen]:
     shared = tmp_path / "shared"
     shared.mkdir(parents=True, exist_ok=True)
-    return [
+    procs = [
         subprocess.Popen(
             [sys.executable, SCENARIO, mode, "--dir", str(shared), *extra],
             env=node_env(tmp_path, rank, **env),
@@ -28,6 +45,8 @@ def _ranks(tmp_path: Path, mode: str, n: int, *extra: str, **env: object) -> lis
         )
         for rank in range(n)
     ]
+    _started.extend(procs)
+    return procs
 
 
 def _node_file(tmp_path: Path) -> Path:
