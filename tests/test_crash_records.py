@@ -34,7 +34,7 @@ def test_a_crash_without_capture_is_one_error_record_where_it_was_raised(tmp_pat
 
 
 @pytest.mark.timeout(120)
-def test_a_threads_crash_is_one_record_and_the_previous_hooks_stillrun_script(tmp_path: Path) -> None:
+def test_a_threads_crash_is_one_record_and_the_previous_hooks_still_run(tmp_path: Path) -> None:
     """A thread's uncaught exception is one ERROR record; hooks set before nvrxlog (torchrun's @record) still run."""
     marks = tmp_path / "marks"
     result = run_script(

@@ -324,7 +324,7 @@ def test_a_huge_node_name_in_a_hello_is_refused_unread(tmp_path: Path) -> None:
             evil.send_multipart(hello(f"{i}" + "n" * (32 << 20)))
             kind, body = evil.recv_multipart()
             assert kind == b"X" and "over the limit of 4096" in orjson.loads(body)["reason"]
-        assert streamer._ingest._names == {}
+        assert streamer._intake.ingest._names == {}
         _dealer(streamer.endpoint, context, node="honest")  # others are still welcomed
         context.destroy(linger=0)
     refusals = [r["msg"] for r in json_lines(out) if "refused a peer: a hello of" in r["msg"]]
@@ -413,7 +413,7 @@ def test_a_record_nested_past_the_encoders_limit_does_not_kill_the_live_view(tmp
         live = context.socket(zmq.SUB)
         live.connect(streamer.pub_endpoint)
         live.subscribe(b"rec")
-        wait_for(lambda: streamer._watchers, what="the subscription to reach the streamer")
+        wait_for(lambda: streamer.watched, what="the subscription to reach the streamer")
         evil = _dealer(streamer.endpoint, context, node="evil")
         deep = b"[" * 300 + b"]" * 300
         evil.send_multipart([b"B", _batch([_record("DEEPX", 0)]).replace(b'"msg":"DEEPX"', b'"msg":"x","x":' + deep)])

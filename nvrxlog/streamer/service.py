@@ -25,7 +25,6 @@ from nvrxlog.core.report import ErrorCounter
 from nvrxlog.core.service import Service
 from nvrxlog.errors import ConfigError, LifecycleError, OutputError, TransportError
 from nvrxlog.streamer.flush import Flush
-from nvrxlog.streamer.ingest import Ingest
 from nvrxlog.streamer.intake import Intake
 from nvrxlog.streamer.live import LiveView
 from nvrxlog.streamer.output import ClusterOutput
@@ -135,17 +134,9 @@ class Streamer(Service):
         return self._intake.ingest.levels
 
     @property
-    def _ingest(self) -> Ingest:
-        return self._intake.ingest
-
-    @property
     def watched(self) -> bool:
         """True once a live view (``nvrxlog tail``) has subscribed."""
         return bool(self._live.watchers)  # len() of a set is atomic: safe from another thread
-
-    @property
-    def _watchers(self) -> set[bytes]:
-        return self._live.watchers
 
     def _keeps_records(self) -> bool:
         """Records are kept as dicts while a relay passes them up or someone watches them live."""
