@@ -284,3 +284,23 @@ def test_a_shared_log_file_survives_a_dictconfig(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert [line.split()[-1] for line in shared.read_text().splitlines()] == ["before", "after"]
+
+
+@pytest.mark.timeout(120)
+def test_levels_set_for_capture_are_given_back_when_it_ends(tmp_path: Path) -> None:
+    """NVRX_LOG_LEVELS lowers a library's level while capture runs; force_reset without capture restores it."""
+    result = run_script(
+        tmp_path,
+        """
+        import logging
+        lib = logging.getLogger("lib")
+        lib.setLevel(logging.WARNING)
+        from nvrxlog import setup_logger
+        setup_logger(capture="logging")
+        assert lib.level == logging.DEBUG, lib.level
+        setup_logger(force_reset=True, capture="warnings")
+        assert lib.level == logging.WARNING, lib.level
+        """,
+        NVRX_LOG_LEVELS="lib=DEBUG",
+    )
+    assert result.returncode == 0, result.stderr

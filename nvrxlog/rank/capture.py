@@ -160,6 +160,7 @@ class Capture:
         self.original_stderr: io.TextIOBase = sys.stderr
         self.original_stdout: io.TextIOBase = sys.stdout
         self._adoption: Adoption | None = None
+        self._saved_levels: dict[str, int] = {}  # NVRX_LOG_LEVELS: each named logger's own level before
         self._copies: tuple[io.TextIOBase, ...] = ()  # the terminal copies fd capture made (ours to close)
         self._owner_pid = os.getpid()
         self._root_handlers: list[logging.Handler] = []
@@ -244,7 +245,9 @@ class Capture:
         """The in-process modes, once nvrxlog's handlers exist."""
         if "logging" in self.modes:
             for name, level in self.levels.items():
-                logging.getLogger(name).setLevel(level)  # so records below its own level are made at all
+                lib = logging.getLogger(name)
+                self._saved_levels[name] = lib.level  # given back when capture ends
+                lib.setLevel(level)  # so records below its own level are made at all
             self._adoption = Adoption(
                 self.logger,
                 handlers,
@@ -284,6 +287,9 @@ class Capture:
         if self._adoption is not None:
             self._adoption.uninstall()
             self._adoption = None
+        for name, level in self._saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._saved_levels = {}
         for writer in self._writers:
             writer.close_and_emit_rest()
         if self._writers:
