@@ -461,3 +461,43 @@ def test_a_relay_whose_spool_disk_is_full_holds_and_then_passes_everything_up(tm
     assert top_msgs == [f"r0 i{i}" for i in range(400)]
     relay_msgs = [r["msg"] for r in json_lines(relay_dir / "relay.log") if r["msg"].startswith("r0 i")]
     assert relay_msgs == [f"r0 i{i}" for i in range(400)]
+
+
+@pytest.mark.timeout(120)
+def test_a_client_ignoring_its_credit_is_cut_off_at_it(tmp_path: Path) -> None:
+    """Batches sent past the credit without waiting for acks are refused (RESET), counted and said; others go on."""
+    out = tmp_path / "cluster.log"
+    # A node that never reports a watermark holds the cutoff back, so nothing
+    # the flood sends is acknowledged and all of it counts against its credit.
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True, max_hold=60, credit_bytes=4 << 20) as streamer:
+        context = zmq.Context()
+        _dealer(streamer.endpoint, context, node="holder")
+        flood = context.socket(zmq.DEALER)
+        flood.linger = 0
+        flood.connect(streamer.endpoint)
+        flood.send_multipart(hello("flood"))
+        kind, body = flood.recv_multipart()
+        assert kind == b"W"
+        credit = orjson.loads(body)["credit"]
+        batch = 0
+        sent = 0
+        reply = None
+        deadline = time.monotonic() + 60
+        while reply is None and time.monotonic() < deadline:
+            batch += 1
+            records = [_record("x" * 1000, batch * 1000 + i) for i in range(1000)]
+            payload = orjson.dumps({"b": batch, "c": 0, "n": 1000, "r": records})
+            flood.send_multipart([b"B", payload])
+            sent += len(payload)
+            while flood.poll(0):
+                kind, *_ = flood.recv_multipart()
+                if kind == b"R":
+                    reply = kind
+            assert sent < credit + (64 << 20), "the flood was never cut off"
+        assert reply == b"R"
+        wait_for(lambda: streamer.stats["over_credit"] >= 1, 10)
+        taken = streamer.stats["batches"]
+        assert taken * len(payload) <= credit + (16 << 20) + len(payload)
+        _dealer(streamer.endpoint, context, node="honest")  # others are still welcomed
+        context.destroy(linger=0)
+    assert any("flood: it sent past its credit" in r["msg"] for r in json_lines(out))

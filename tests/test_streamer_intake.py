@@ -25,7 +25,7 @@ PEER = b"peer1"
 
 
 def _intake() -> Intake:
-    stats = {"batches": 0, "nodes": 0, "refused": 0, "dropped_batches": 0}
+    stats = {"batches": 0, "nodes": 0, "refused": 0, "dropped_batches": 0, "over_credit": 0}
     return Intake(
         "streamer", LineFormat(untrusted=True), stats=stats, credit_bytes=1 << 20, idle_timeout=10.0, keep_records=bool
     )
@@ -92,7 +92,7 @@ def test_a_malformed_batch_is_dropped_named_and_acked_after_its_notice() -> None
     intake.handle([PEER, *hello("node1")], 1.0)
     intake.handle([PEER, BATCH, b'{"b": 3, "c": 0, "r": 5}'], 2.0)
     assert intake.stats["dropped_batches"] == 1 and intake.stats["bad_frames"] == 1
-    (hold,) = [ts for seq, ts in intake.sessions.get(PEER).acks if seq == 3]
+    (hold,) = [ts for seq, ts, _ in intake.sessions.get(PEER).acks if seq == 3]
     assert intake.sessions.acks_due(hold - 1) == []
     assert intake.sessions.acks_due(hold) == [(PEER, 3)]
     assert any("dropped batch 3 from node1" in text for text in _notices(intake))
@@ -117,3 +117,32 @@ def test_an_unknown_kind_or_a_short_message_is_a_bad_frame() -> None:
     assert intake.handle([PEER, b"Z"], 1.0) is None
     assert intake.stats["bad_frames"] == 3
     assert sum("malformed message from an unknown peer" in text for text in _notices(intake)) == 2
+
+
+def test_a_peer_sending_past_its_credit_is_refused_and_must_say_hello_again() -> None:
+    """Bytes in flight past the credit (plus one message) are not taken: RESET, session ended, counted, named.
+
+    What was taken before stays held and is acknowledged to nobody (the
+    session is gone), so an honest node would resend it: nothing is lost.
+    """
+    intake = _intake()
+    reply = intake.handle([PEER, *hello("node1")], 1.0)
+    credit = orjson.loads(reply[2])["credit"]
+    big = "x" * 1000
+    sent = 0
+    seq = 0
+    while True:
+        seq += 1
+        body = payload(seq, [rec(seq * 1000 + i, T0 + seq, msg=big) for i in range(1000)])
+        reply = intake.handle([PEER, BATCH, body], 2.0)
+        if reply is not None:
+            break
+        sent += len(body)
+        assert sent < credit + (32 << 20), "never refused"
+    assert reply == [PEER, RESET]
+    assert sent > credit  # what a node keeping to its credit could send was all taken
+    assert intake.stats["over_credit"] == 1 and intake.stats["batches"] == seq - 1
+    assert intake.sessions.get(PEER) is None
+    assert intake.handle([PEER, BATCH, body], 3.0) == [PEER, RESET]  # unknown now: hello first
+    ready, _ = intake.pending.take(float("inf"))
+    assert ready is not None and any("sent past its credit" in line for line in ready.merged("lines"))

@@ -70,7 +70,7 @@ def test_a_second_hello_from_the_same_node_replaces_the_old_peer() -> None:
     """A reconnect (new peer, same node) drops the old peer's session; the node counts once."""
     s = _sessions(4 * MIB)
     s.hello(b"old", "n1", 0.0)
-    s.get(b"old").acks.append((1, 10))  # type: ignore[union-attr]
+    s.get(b"old").expect_ack(1, 10)  # type: ignore[union-attr]
     credit, _ = s.hello(b"new", "n1", 1.0)
     assert s.get(b"old") is None
     new = s.get(b"new")
@@ -262,12 +262,13 @@ def test_acks_due_acknowledges_batches_written_up_to_the_cutoff() -> None:
     s = _sessions()
     s.hello(b"p1", "n1", 0.0)
     s.hello(b"p2", "n2", 0.0)
-    s.get(b"p1").acks.extend([(1, 100), (2, 200), (3, 300)])  # type: ignore[union-attr]
-    s.get(b"p2").acks.extend([(7, 250)])  # type: ignore[union-attr]
+    for seq, newest in [(1, 100), (2, 200), (3, 300)]:
+        s.get(b"p1").expect_ack(seq, newest)  # type: ignore[union-attr]
+    s.get(b"p2").expect_ack(7, 250)  # type: ignore[union-attr]
     assert s.has_unacked()
     assert s.acks_due(99) == []
     assert s.acks_due(200) == [(b"p1", 2)]
-    assert s.get(b"p1").acks == [(3, 300)]  # type: ignore[union-attr]
+    assert s.get(b"p1").acks == [(3, 300, 0)]  # type: ignore[union-attr]
     assert s.acks_due(200) == []
     assert sorted(s.acks_due(300)) == [(b"p1", 3), (b"p2", 7)]
     assert not s.has_unacked()
@@ -278,7 +279,7 @@ def test_a_batch_with_nothing_to_write_is_acked_at_once() -> None:
     """A batch whose newest time is -1 (all duplicates already written) is due at any cutoff."""
     s = _sessions()
     s.hello(b"p1", "n1", 0.0)
-    s.get(b"p1").acks.append((4, -1))  # type: ignore[union-attr]
+    s.get(b"p1").expect_ack(4, -1)  # type: ignore[union-attr]
     assert s.acks_due(0) == [(b"p1", 4)]
 
 
@@ -286,9 +287,10 @@ def test_acks_are_given_in_order_only() -> None:
     """A later batch under the cutoff waits for an earlier one that is not: acks cover a prefix."""
     s = _sessions()
     s.hello(b"p1", "n1", 0.0)
-    s.get(b"p1").acks.extend([(1, 100), (2, 500), (3, 50)])  # type: ignore[union-attr]
+    for seq, newest in [(1, 100), (2, 500), (3, 50)]:
+        s.get(b"p1").expect_ack(seq, newest)  # type: ignore[union-attr]
     assert s.acks_due(200) == [(b"p1", 1)]
-    assert s.get(b"p1").acks == [(2, 500), (3, 50)]  # type: ignore[union-attr]
+    assert s.get(b"p1").acks == [(2, 500, 0), (3, 50, 0)]  # type: ignore[union-attr]
     assert s.acks_due(500) == [(b"p1", 3)]
 
 
@@ -301,8 +303,9 @@ def test_acks_due_acknowledges_the_longest_written_prefix(newest: list[int], cut
     """Each call acks the last seq of the longest prefix whose newest times are all <= cutoff, and drops it."""
     s = _sessions()
     s.hello(b"p", "n", 0.0)
-    pending = list(enumerate(newest, start=1))
-    s.get(b"p").acks.extend(pending)  # type: ignore[union-attr]
+    pending = [(seq, ts, 10) for seq, ts in enumerate(newest, start=1)]
+    for seq, ts, size in pending:
+        s.get(b"p").expect_ack(seq, ts, size)  # type: ignore[union-attr]
     for cutoff in cutoffs:
         done = 0
         while done < len(pending) and pending[done][1] <= cutoff:
@@ -311,3 +314,18 @@ def test_acks_due_acknowledges_the_longest_written_prefix(newest: list[int], cut
         assert s.acks_due(cutoff) == expected
         pending = pending[done:]
         assert s.get(b"p").acks == pending  # type: ignore[union-attr]
+        assert s.get(b"p").in_flight == 10 * len(pending)  # type: ignore[union-attr]
+
+
+def test_a_session_is_over_credit_only_past_what_a_node_keeping_to_it_can_send() -> None:
+    """Bytes received and not acked count against the session's credit; acks give them back."""
+    s = _sessions(4 * MIB)
+    credit, _ = s.hello(b"p", "n", 0.0)
+    session = s.get(b"p")
+    assert session is not None and session.credit == credit == 4 * MIB
+    # A node sends while under its credit: one more message of a few MiB is honest.
+    session.expect_ack(1, 100, credit - 1)
+    assert not session.over_credit(6 * MIB)
+    assert session.over_credit(64 * MIB)
+    assert s.acks_due(100) == [(b"p", 1)]
+    assert session.in_flight == 0 and not session.over_credit(16 * MIB)

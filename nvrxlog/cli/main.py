@@ -347,7 +347,8 @@ def _stream(args: argparse.Namespace) -> int:
         ("duplicates", "resent records dropped as duplicates"),
         ("late", "records written late (their node lagged past --max-hold)"),
         ("bad_frames", "malformed messages or records dropped"),
-        ("refused", "nodes refused (protocol version)"),
+        ("refused", "hellos refused (protocol version, size, a node already connected)"),
+        ("over_credit", "batches refused from peers that sent past their credit"),
     ):
         if stats.get(key):
             print(f"  {stats[key]:,} {text}")

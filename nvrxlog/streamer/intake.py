@@ -74,6 +74,7 @@ class Intake:
         self._keep_records = keep_records
         self._start_ns = time.time_ns()
         self._notice_seq = 0
+        self._over_credit_named = 0  # sessions refused for ignoring credit, named in notices
         self._foreign: deque[tuple[str, str]] = deque()  # notices from other threads, not yet put in
         self._notice_key = record_key(name, f"streamer.{self._start_ns}")
         self.ingest = self._new_ingest(None)
@@ -104,6 +105,9 @@ class Intake:
         try:
             if kind == BATCH and session is not None and len(frames) >= 3:
                 self.notices(sessions.seen(session.node, now))
+                size = sum(map(len, frames[2:]))
+                if session.over_credit(size):
+                    return self._over_credit(peer, session, size, len(frames) - 2)
                 for payload in frames[2:]:
                     self._batch(session, payload)
             elif kind == PING and session is not None:
@@ -150,6 +154,24 @@ class Intake:
         self.notice(f"refused {who}: {problem}")
         return [peer, REFUSED, orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})]
 
+    def _over_credit(self, peer: bytes, session: Session, size: int, batches: int) -> list[bytes]:
+        """A message past the peer's credit: not taken, and its session ends (RESET: hello, then resend).
+
+        Credit is what bounds the streamer's memory, so a peer ignoring it is
+        not served past it; a node that keeps to it never gets here, and one
+        that did would lose nothing (it resends what is not acknowledged).
+        """
+        self.stats["over_credit"] += batches
+        self.sessions.drop(peer)
+        self._over_credit_named += 1
+        if self._over_credit_named <= _NAMED_DROPS:
+            more = "; further ones are counted, not named" if self._over_credit_named == _NAMED_DROPS else ""
+            self.notice(
+                f"refused {batches} batch(es) ({size} bytes) from {session.node}: it sent past its credit "
+                f"({session.in_flight} bytes unacknowledged of {session.credit}); told to say hello and resend{more}"
+            )
+        return [peer, RESET]
+
     def _batch(self, session: Session, payload: bytes) -> None:
         """Take one batch payload of a message; each is judged alone, so a bad one costs only itself."""
         try:
@@ -159,7 +181,7 @@ class Intake:
             return
         self.pending.add(batch.chunk)
         self.stats["batches"] += 1
-        session.expect_ack(batch.seq, batch.newest)
+        session.expect_ack(batch.seq, batch.newest, len(payload))
         self.sessions.advance(session.node, batch.watermark)
 
     def _dropped(self, session: Session, payload: bytes, exc: BaseException) -> None:

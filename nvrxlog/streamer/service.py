@@ -89,6 +89,7 @@ class Streamer(Service):
             "late": 0,
             "refused": 0,
             "dropped_batches": 0,
+            "over_credit": 0,
             "write_failures": 0,
         }
         self.errors = ErrorCounter(f"streamer {self.name}")

@@ -19,6 +19,10 @@ __all__ = ["Session", "Sessions"]
 
 _MIN_CREDIT = 256 << 10
 _MAX_CREDIT = 8 << 20
+# A node sends while it has less than its credit in flight, so it may be one
+# message over: up to 1 MiB of batches plus one batch (4 MiB estimated, a
+# little more when escapes outgrow the estimate). Past this, it ignores credit.
+_CREDIT_SLACK = 16 << 20
 
 
 @dataclass(slots=True)
@@ -26,15 +30,22 @@ class Session:
     """One connected node."""
 
     node: str
-    acks: list[tuple[int, int]] = field(default_factory=list)  # (batch seq, newest time in it not yet durable)
+    credit: int = 0  # bytes of batches it may have in flight
+    acks: list[tuple[int, int, int]] = field(default_factory=list)  # (batch seq, newest time not durable, bytes)
+    in_flight: int = 0  # bytes of its batches received and not yet acknowledged
     bad: int = 0  # malformed messages from it
     # Acks are cumulative: once a batch is dropped, no later ack may go out
     # before the notice naming the drop is written (the time of that notice).
     hold: int = -1
 
-    def expect_ack(self, seq: int, newest: int) -> None:
-        """Batch ``seq`` is acknowledged once everything up to ``newest`` (and any drop notice) is written."""
-        self.acks.append((seq, max(newest, self.hold)))
+    def expect_ack(self, seq: int, newest: int, size: int = 0) -> None:
+        """Batch ``seq`` (``size`` bytes) is acknowledged once everything up to ``newest`` (and any drop notice) is written."""
+        self.acks.append((seq, max(newest, self.hold), size))
+        self.in_flight += size
+
+    def over_credit(self, size: int) -> bool:
+        """Taking ``size`` more bytes would put it past what a node keeping to its credit can have in flight."""
+        return self.in_flight + size > self.credit + _CREDIT_SLACK
 
 
 class Sessions:
@@ -66,15 +77,18 @@ class Sessions:
         for other, old in list(self.by_peer.items()):
             if old.node == node:
                 del self.by_peer[other]  # a reconnect replaces the old connection
-        self.by_peer[peer] = Session(node)
+        # The byte budget is shared: what all nodes may have in flight at once
+        # bounds what the streamer holds.
+        credit = max(_MIN_CREDIT, min(_MAX_CREDIT, self.credit_bytes // (1 + len(self.by_peer))))
+        self.by_peer[peer] = Session(node, credit)
         # Until it reports a watermark, a new node holds the others back
         # (at most max_hold): its first records may be older than theirs.
         self.watermarks.setdefault(node, 0)
-        notices = self.seen(node, now)
-        # The byte budget is shared: what all nodes may have in flight at once
-        # bounds what the streamer holds.
-        credit = max(_MIN_CREDIT, min(_MAX_CREDIT, self.credit_bytes // max(1, len(self.by_peer))))
-        return credit, notices
+        return credit, self.seen(node, now)
+
+    def drop(self, peer: bytes) -> None:
+        """Forget ``peer``'s session (it must say hello again); its unacknowledged batches are resent then."""
+        self.by_peer.pop(peer, None)
 
     def quit(self, peer: bytes) -> list[tuple[str, str]]:
         """``peer`` finished cleanly: no more records, so it holds nobody back and is not "gone"."""
@@ -129,6 +143,7 @@ class Sessions:
             acks = session.acks
             done = 0
             while done < len(acks) and acks[done][1] <= cutoff:
+                session.in_flight -= acks[done][2]
                 done += 1
             if done:
                 due.append((peer, acks[done - 1][0]))
