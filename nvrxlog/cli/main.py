@@ -85,9 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "(and forward to a streamer). Runs until SIGTERM/SIGINT or until --wait-file exists, then drains "
         "and exits 0. Options default to the NVRX_* variables the ranks use.",
     )
-    agg.add_argument(
-        "--tmp-dir", default=env.node_local_tmp_dir, help="node-local temp dir (NVRX_NODE_LOCAL_TMPDIR)"
-    )
+    agg.add_argument("--tmp-dir", default=env.node_local_tmp_dir, help="node-local temp dir (NVRX_NODE_LOCAL_TMPDIR)")
     agg.add_argument("--log-dir", default=env.log_dir, help="where nvrx_log_<node>.log is written (NVRX_LOG_DIR)")
     agg.add_argument("--node-id", default=env.node_id, help="node name (NVRX_NODE_ID, SLURMD_NODENAME, hostname)")
     agg.add_argument("--streamer", default=env.streamer, help="tcp://HOST:PORT to forward to (NVRX_LOG_STREAMER)")
@@ -270,8 +268,7 @@ def _aggregate(args: argparse.Namespace) -> int:
         raise
     forwarding = f", forwarding to {args.streamer}" + (" (CURVE)" if curve else "") if args.streamer else ""
     _say(
-        f"aggregate: node {aggregator.node_id}, reading {aggregator.tmp_dir}, "
-        f"writing {aggregator.out_path}{forwarding}"
+        f"aggregate: node {aggregator.node_id}, reading {aggregator.tmp_dir}, writing {aggregator.out_path}{forwarding}"
     )
     try:
         if not args.once:

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["NodeAggregator", "node_log_path"]
 
 
-
 def node_log_path(log_dir: str, node_id: str) -> str:
     """Where the per-node file of ``node_id`` lives."""
     return os.path.join(log_dir, f"nvrx_log_{sanitize_name(node_id)}.log")

@@ -117,7 +117,6 @@ class _LineWriter(io.TextIOBase):
             self._emit(block)
         return len(text)
 
-
     def flush(self) -> None:
         if self._echo is not None:
             self._echo.flush()

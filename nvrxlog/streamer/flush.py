@@ -25,7 +25,6 @@ from nvrxlog.wire.forwarder import Forwarder
 __all__ = ["Flush"]
 
 
-
 class Flush:
     """Writes what is ready from ``intake``'s merge buffer to ``cluster``; ``forwarder`` is a relay's way up."""
 

@@ -206,9 +206,7 @@ class Ingest:
         fresh = [key for key in first_seq if key not in cursors]
         for key in fresh:
             cursors[key] = WriterCursor()
-        if all(
-            cursors[key].seq < first and cursors[key].key <= first_ts[key] for key, first in first_seq.items()
-        ):
+        if all(cursors[key].seq < first and cursors[key].key <= first_ts[key] for key, first in first_seq.items()):
             for key in first_seq:
                 cursors[key].admit_run(first_seq[key], first_ts[key], last_seq[key], last_ts[key])
             return True

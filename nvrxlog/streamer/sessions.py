@@ -39,7 +39,7 @@ class Session:
     hold: int = -1
 
     def expect_ack(self, seq: int, newest: int, size: int = 0) -> None:
-        """Batch ``seq`` (``size`` bytes) is acknowledged once everything up to ``newest`` (and any drop notice) is written."""
+        """Batch ``seq`` (``size`` bytes) is acked once everything up to ``newest`` (and any drop notice) is written."""
         self.acks.append((seq, max(newest, self.hold), size))
         self.in_flight += size
 

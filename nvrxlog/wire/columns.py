@@ -48,6 +48,8 @@ def read_profile(entry: object) -> Profile:
     if type(entry) is not list or not 6 <= len(entry) <= 7:
         raise ValueError("a batch's profile needs a writer, four ranks, a pid and maybe a node")
     return Profile(entry[0], tuple(entry[1:5]), entry[5], entry[6] if len(entry) == 7 else None)
+
+
 _NODE = methodcaller("get", "node")
 _GET = {name: itemgetter(name) for name in ("ts", "seq", "level", "file", "line", "msg")}
 
