@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nvrxlog.core.cursor import WriterCursor
+from nvrxlog.core.cursor import JUMP_FLOOR, WriterCursor, plausible_jump
 
 
 def test_fresh_cursor_starts_before_seq_zero_with_key_zero() -> None:
@@ -150,3 +150,41 @@ def test_resends_admit_each_seq_once_with_non_decreasing_keys(case: tuple[list[i
     assert keys == [max(ts[: i + 1]) for i in range(len(ts))]
     assert cursor.seq == len(ts) - 1
     assert cursor.key == max(ts)
+
+
+# -- plausible jumps ---------------------------------------------------------------------
+
+NOW = 1_700_000_000 * 10**9
+
+
+def test_a_small_skip_or_a_first_record_is_always_plausible() -> None:
+    """Skipping up to JUMP_FLOOR seqs needs no time; a writer's first record may have any seq."""
+    assert plausible_jump(100, NOW, 100 + JUMP_FLOOR, NOW, NOW)
+    assert plausible_jump(-1, 0, 10**15, NOW, NOW)
+
+
+def test_a_skip_takes_time_in_the_stamps() -> None:
+    """Lost records were written one by one: a skip needs its stamp that much later (10M records a second)."""
+    assert not plausible_jump(100, NOW, 100 + JUMP_FLOOR + 1, NOW, NOW)
+    assert plausible_jump(100, NOW, 100 + JUMP_FLOOR + 10_000_000, NOW + 10**9, NOW + 10**9)
+    assert not plausible_jump(100, NOW, 100 + JUMP_FLOOR + 10_000_001, NOW + 10**9, NOW + 10**9)
+
+
+def test_a_stamp_in_the_future_buys_no_room() -> None:
+    """A peer cannot stamp a record ten years ahead to make a huge seq plausible."""
+    ten_years = 10 * 365 * 86_400 * 10**9
+    assert not plausible_jump(100, NOW, 10**15, NOW + ten_years, NOW)
+    assert plausible_jump(100, NOW - 10**11, 100 + 10**9, NOW, NOW)  # 100 s of writing: a billion at most
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    last=st.integers(0, 10**12),
+    rate=st.integers(1, 10_000_000),
+    seconds=st.floats(0, 10**5),
+)
+def test_an_honest_writer_s_gap_is_always_plausible(last: int, rate: int, seconds: float) -> None:
+    """A writer at up to 10M records/s that lost ``seconds`` of records (stamped after them) is believed."""
+    elapsed = int(seconds * 1e9)
+    seq = last + 1 + int(rate * seconds)
+    assert plausible_jump(last, NOW, seq, NOW + elapsed, NOW + elapsed + 5)

@@ -581,3 +581,24 @@ def test_every_record_comes_out_exactly_once_in_writer_order(scenario: Any, keep
         mine = [(seq, merge_key) for k, seq, merge_key in out if k == key]
         assert [seq for seq, _ in mine] == list(range(len(ts)))  # each exactly once, in seq order
         assert [merge_key for _, merge_key in mine] == list(accumulate(ts, max))  # never decreasing
+
+
+# -- seqs no writer reaches -------------------------------------------------------------
+
+
+@FORMS
+def test_a_seq_far_ahead_of_its_writer_is_refused_not_believed(form: str) -> None:
+    """A record claiming seq 10**15 of a writer at seq 2 is dropped, counted, said once; the real ones go on."""
+    said: list[str] = []
+    ingest = new_ingest(notice=said.append)
+    now = __import__("time").time_ns()
+    ingest.batch("n0", payload(1, [rec(0, now - 3000), rec(1, now - 2000), rec(2, now - 1000)], form=form))
+    forged = ingest.batch("n0", payload(2, [rec(10**15, now, msg="forged"), rec(10**15 + 1, now)], form=form))
+    assert forged.chunk.ts == []
+    assert ingest.stats["implausible_seqs"] == 2
+    assert len(said) == 1 and "seq 1000000000000000 after 2" in said[0]
+    genuine = ingest.batch("n0", payload(3, [rec(3, now + 1), rec(4, now + 2)], form=form))
+    assert genuine.chunk.seqs == [3, 4]
+    # Within one batch too: the run up to the jump is taken, the jump is not.
+    mixed = ingest.batch("n0", payload(4, [rec(5, now + 3), rec(5 + 10**12, now + 4)], form=form))
+    assert mixed.chunk.seqs == [5] and ingest.stats["implausible_seqs"] == 3

@@ -14,7 +14,28 @@ seq taken and the writer's merge key, and decides for each record:
 
 from __future__ import annotations
 
-__all__ = ["WriterCursor"]
+__all__ = ["WriterCursor", "plausible_jump"]
+
+#: Seqs a writer may skip at no time at all (clock granularity, a burst that was lost).
+JUMP_FLOOR = 10_000
+#: Records per second no writer can exceed (a rank's handler does about a million).
+_MAX_RATE_PER_NS = 10_000_000 / 1e9
+
+
+def plausible_jump(last_seq: int, last_key: int, seq: int, ts: int, now_ns: int) -> bool:
+    """Whether a writer whose last record was ``last_seq`` at ``last_key`` can have written ``seq`` by ``ts``.
+
+    A gap is records that were lost (a file dropped while the aggregator was
+    away): written one by one, so they took time, and the record after them
+    is stamped that much later. A stamp past ``now_ns`` buys no more room (it
+    could be anything), so a peer cannot claim a seq far ahead of a writer's
+    to have its real records taken as duplicates.
+    """
+    jump = seq - last_seq
+    if jump <= JUMP_FLOOR or last_seq < 0:
+        return True
+    elapsed = min(ts, now_ns) - last_key
+    return jump <= JUMP_FLOOR + elapsed * _MAX_RATE_PER_NS
 
 
 class WriterCursor:

@@ -11,6 +11,7 @@ batch leaves no trace that its resend would be taken as a duplicate of.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from itertools import islice, repeat
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import orjson
 
 from nvrxlog.config import sanitize_name
-from nvrxlog.core.cursor import WriterCursor
+from nvrxlog.core.cursor import JUMP_FLOOR, WriterCursor, plausible_jump
 from nvrxlog.core.lines import LineFormat
 from nvrxlog.core.record import text_messages, texts
 from nvrxlog.core.report import safe_repr
@@ -83,11 +84,13 @@ class Ingest:
         self.stats.setdefault("duplicates", 0)
         self.stats.setdefault("bad_frames", 0)
         self.stats.setdefault("bad_messages", 0)
+        self.stats.setdefault("implausible_seqs", 0)
         self._notice = notice
         # Records as dicts cost more than everything else here: made only when
         # the caller needs them (a relay, a live view) or the format does.
         self._keep_records = keep_records
         self._names: dict[str, str] = {}
+        self._jumps_named: set[str] = set()  # writers whose implausible seqs were said
         #: New records by (node, rank) and by (node, level): what the streamer's summary reports.
         self.per_rank: Counter[tuple] = Counter()
         self.levels: Counter[tuple] = Counter()
@@ -206,13 +209,30 @@ class Ingest:
         fresh = [key for key in first_seq if key not in cursors]
         for key in fresh:
             cursors[key] = WriterCursor()
-        if all(cursors[key].seq < first and cursors[key].key <= first_ts[key] for key, first in first_seq.items()):
+        # Plainly new also means no seq skips far ahead (``plausible_jump`` judges those, record by record).
+        within = len(keys) + JUMP_FLOOR
+        if all(
+            cursors[key].seq < first <= cursors[key].seq + JUMP_FLOOR
+            and cursors[key].key <= first_ts[key]
+            and last_seq[key] - first <= within
+            for key, first in first_seq.items()
+        ):
             for key in first_seq:
                 cursors[key].admit_run(first_seq[key], first_ts[key], last_seq[key], last_ts[key])
             return True
         for key in fresh:
             del cursors[key]
         return False
+
+    def _implausible(self, key: str, last: int, seq: int) -> None:
+        """Refuse a record whose seq no writer could have reached: believed, it would make the real ones duplicates."""
+        self.stats["implausible_seqs"] += 1
+        if key not in self._jumps_named and len(self._jumps_named) < _NAME_CACHE:
+            self._jumps_named.add(key)
+            self._notice(
+                f"refused a record of {key[:300]} with seq {seq} after {last}: no writer skips that far that fast "
+                "(a peer claiming to be it?); further ones of this writer are counted, not named"
+            )
 
     def records(self, node: str, records: list) -> tuple[Chunk, int]:
         """Check and de-duplicate record by record; the new ones, and the newest time not yet written."""
@@ -223,6 +243,7 @@ class Ingest:
         newest = -1
         bad = 0
         duplicates = 0
+        now_ns = time.time_ns()
         for record in records:
             try:
                 rseq = record["seq"]
@@ -242,6 +263,9 @@ class Ingest:
             cursor = cursors.get(key)
             if cursor is None:
                 cursor = cursors[key] = WriterCursor()
+            if rseq > cursor.seq + JUMP_FLOOR and not plausible_jump(cursor.seq, cursor.key, rseq, ts, now_ns):
+                self._implausible(key, cursor.seq, rseq)
+                continue
             merge_key = cursor.admit(rseq, ts)
             if merge_key is not None:
                 if merge_key > newest:
