@@ -160,3 +160,47 @@ def test_full_spool_dir_is_never_checkpointed_past_so_all_arrive_in_this_run_or_
     expected = {("n1", 0): 3000, ("n1", 1): 3000}
     assert_exactly_once(json_lines(cluster), expected)
     assert_exactly_once(json_lines(node_file), expected)
+
+
+@pytest.mark.timeout(120)
+def test_the_node_checkpoint_follows_a_sync_of_the_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint lets temp files go: every batch spooled before it is on disk (fdatasync) first.
+
+    A host crash cannot be staged here; the order of the calls is what makes
+    the promise, so it is what is watched (the real calls still run).
+    """
+    import os
+
+    from nvrxlog.wire.spool import Spool
+
+    dirty: set[str] = set()  # spool segments appended to since their last sync
+    unsynced_at_checkpoint: list[set[str]] = []
+    real_append, real_sync, real_replace = Spool.append, os.fdatasync, os.replace
+
+    def append(self: Spool, *args: object, **kwargs: object) -> object:
+        result = real_append(self, *args, **kwargs)
+        dirty.add(os.readlink(f"/proc/self/fd/{self._fd}"))
+        return result
+
+    def fdatasync(fd: int) -> None:
+        real_sync(fd)
+        dirty.discard(os.readlink(f"/proc/self/fd/{fd}"))
+
+    def replace(src: str, dst: str) -> None:
+        if os.path.basename(str(dst)) == ".nvrx_log_n1.ckpt":
+            unsynced_at_checkpoint.append(set(dirty))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(Spool, "append", append)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "replace", replace)
+    tmp, logs = tmp_path / "tmp", tmp_path / "logs"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with NodeAggregator(str(tmp), str(logs), "n1", endpoint, json=True, warn_after=60) as aggregator:
+        for rank in range(3):
+            _log(tmp, rank, 300)
+        wait_for(lambda: aggregator._forwarder.spool.unacked == 900, what="900 records spooled")
+        aggregator.stop()
+    assert dirty or unsynced_at_checkpoint, "nothing was spooled or checkpointed"
+    assert len(unsynced_at_checkpoint) >= 2
+    assert all(not pending for pending in unsynced_at_checkpoint), unsynced_at_checkpoint

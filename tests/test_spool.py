@@ -111,3 +111,14 @@ def test_a_record_nested_past_the_encoders_limit_is_spooled_bounded(tmp_path: Pa
     batch = orjson.loads(spool.next_batch()[1])
     assert [r["msg"] for r in batch["r"]] == ["fine", "next"] and batch["r"][0]["x"] == "[[[[[[[...]]]]]]]"
     spool.close()
+
+
+def test_a_spool_keeps_its_identity_across_restarts_and_a_new_one_gets_its_own(tmp_path: Path) -> None:
+    """The identity a streamer tells sessions apart by: the same after reopening, another for another spool."""
+    first = Spool(str(tmp_path / "a"))
+    identity = first.identity
+    first.close()
+    assert len(identity) == 32 and Spool(str(tmp_path / "a")).identity == identity
+    assert Spool(str(tmp_path / "b")).identity != identity
+    (tmp_path / "a" / "id").write_text("not an identity\n")
+    assert Spool(str(tmp_path / "a")).identity not in (identity, "not an identity")

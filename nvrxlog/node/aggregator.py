@@ -364,8 +364,13 @@ class NodeAggregator(Service):
         if self._forwarder is not None and not waiting:
             # Everything up to the cutoff is out; held (or put back) records are not.
             self._forwarder.watermark = handed_over(cutoff, held.oldest, now)
-        out.checkpoint(now, final=final, spooling=waiting > 0)
+        out.checkpoint(now, final=final, spooling=waiting > 0, sync=self._sync_spool)
         return bool(read)
+
+    def _sync_spool(self) -> None:
+        forwarder = self._forwarder
+        if forwarder is not None:
+            forwarder.spool.sync()
 
     def after_fork_in_child(self) -> None:
         """Drop the parent's descriptors without unlocking: the thread did not survive the fork."""

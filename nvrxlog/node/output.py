@@ -146,14 +146,19 @@ class NodeOutput:
         except OSError:
             pass
 
-    def checkpoint(self, now: int, *, final: bool, spooling: bool) -> None:
-        """Save the checkpoint if one is due, then delete the temp files it covers."""
+    def checkpoint(self, now: int, *, final: bool, spooling: bool, sync: Callable[[], None] = lambda: None) -> None:
+        """Save the checkpoint if one is due, then delete the temp files it covers.
+
+        ``sync`` makes durable whatever else holds the records (the
+        forwarding spool): the checkpoint lets their temp files go.
+        """
         since = now - self._last_ckpt
         if not checkpoint_due(
             final=final, unsaved=self.unsaved, since_ns=since, interval_ns=self._interval_ns, spooling=spooling
         ):
             return
         try:
+            sync()
             self.file.save(self._writers.emitted())
         except OSError as exc:
             self._errors.report("checkpoint", f"cannot save checkpoint: {exc.strerror}")

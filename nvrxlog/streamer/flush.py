@@ -84,6 +84,8 @@ class Flush:
         """Checkpoint what is written (if anything is new); False while that fails."""
         if self._cluster.unsaved:
             try:
+                if self.forwarder is not None:
+                    self.forwarder.spool.sync()  # a relay's acks say its records are safe in its spool too
                 self._cluster.checkpoint()
             except OSError as exc:
                 self._hold(exc)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import orjson
 
-from nvrxlog.core.fileio import open_own, replace_file, write_all
+from nvrxlog.core.fileio import open_own, replace_file, sync_directory, write_all
 from nvrxlog.core.record import bounded_record
 from nvrxlog.wire.columns import pack
 
@@ -26,15 +27,18 @@ __all__ = ["Spool", "Dropped"]
 _SEGMENT = re.compile(r"^seg-(\d{12})\.nvs$")
 _ACKED = "acked"
 _LOST = "lost.json"
+_IDENTITY = "id"
+_IDENTITY_FORM = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Batches lost to the spool limit."""
+    """Batches lost on the way (to the spool limit, unless ``why`` says otherwise)."""
 
     first: int
     last: int
     records: int
+    why: str = "the spool limit"
 
 
 @dataclass(slots=True)
@@ -60,6 +64,9 @@ class Spool:
         self.segment_bytes = min(segment_bytes, max(max_bytes // 4, 4096))
         self._lock = threading.Lock()
         os.makedirs(directory, exist_ok=True)
+        #: This spool's identity, made with it and kept across restarts: the
+        #: streamer tells this node's sessions from another's claiming its name.
+        self.identity = self._load_identity()
         self.acked = self._load_acked()
         self._saved_acked: int | None = self.acked  # what the file holds (None: unknown)
         self._segments: dict[int, _Segment] = {}  # by the seq of the segment's first batch
@@ -70,6 +77,8 @@ class Spool:
                 self._recover_segment(int(match[1]), os.path.join(directory, name))
         self._fd = -1
         self._current = -1
+        self._unsynced = False  # appended since the last sync
+        self._new_segment = False  # a segment made since the last sync (its name is in the directory only)
         self._cursor = self.acked + 1  # the next batch seq to hand out for sending
         self._reader: tuple[int, int] | None = None  # (segment first seq, offset)
         self._rfile: BinaryIO | None = None
@@ -108,6 +117,7 @@ class Spool:
                     pass
                 raise
             self.next_seq += 1
+            self._unsynced = True
             segment.size += len(data)
             segment.last = seq
             segment.counts[seq] = n
@@ -115,12 +125,29 @@ class Spool:
 
     def _roll(self, seq: int) -> None:
         if self._fd >= 0:
+            if self._unsynced:
+                os.fdatasync(self._fd)  # ``sync`` sees only the segment being written
             os.close(self._fd)
             self._fd = -1  # if the open below fails, the next append tries again (never a stale fd)
         path = os.path.join(self.directory, f"seg-{seq:012d}.nvs")
         self._fd = open_own(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments[seq] = _Segment(path, 0, seq - 1, {})
         self._current = seq
+        self._new_segment = True
+
+    def sync(self) -> None:
+        """Make every batch appended so far durable (it survives a host crash); raises OSError.
+
+        The node's checkpoint counts spooled records as forwarded and lets
+        their temp files be deleted, so it must follow this; one sync per
+        checkpoint interval, however many batches (group commit).
+        """
+        with self._lock:
+            if self._unsynced and self._fd >= 0:
+                os.fdatasync(self._fd)
+            if self._new_segment:
+                sync_directory(self.directory)
+            self._unsynced = self._new_segment = False
 
     def _enforce_limit(self) -> list[Dropped]:
         dropped = []
@@ -259,7 +286,9 @@ class Spool:
 
     def save_lost(self, lost: list[Dropped]) -> None:
         """Persist the unreported losses atomically."""
-        replace_file(os.path.join(self.directory, _LOST), orjson.dumps([(d.first, d.last, d.records) for d in lost]))
+        replace_file(
+            os.path.join(self.directory, _LOST), orjson.dumps([(d.first, d.last, d.records, d.why) for d in lost])
+        )
 
     def close(self) -> None:
         """Close the open segment (the files stay for the next run)."""
@@ -275,6 +304,24 @@ class Spool:
                 _unlink(self._segments.pop(first).path)
 
     # -- recovery -------------------------------------------------------------------
+
+    def _load_identity(self) -> str:
+        path = os.path.join(self.directory, _IDENTITY)
+        try:
+            with open(path) as f:
+                identity = f.read().strip()
+            if _IDENTITY_FORM.match(identity):
+                return identity
+        except (OSError, ValueError):
+            pass
+        identity = secrets.token_hex(16)
+        try:
+            replace_file(path, identity.encode(), durable=True)
+        except OSError:
+            # A full disk: this run still has one identity; a restart makes
+            # another, and waits out the old session (see protocol.py).
+            pass
+        return identity
 
     def _load_acked(self) -> int:
         try:
