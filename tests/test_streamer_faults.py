@@ -24,6 +24,7 @@ from nvrxlog.errors import ConfigError, TransportError
 from nvrxlog.rank.handler import NodeLocalHandler
 from nvrxlog.wire.columns import pack
 from nvrxlog.wire.curve import CurveKeys
+from nvrxlog.wire.forwarder import Forwarder
 from nvrxlog.wire.protocol import hello
 
 
@@ -501,3 +502,88 @@ def test_a_client_ignoring_its_credit_is_cut_off_at_it(tmp_path: Path) -> None:
         _dealer(streamer.endpoint, context, node="honest")  # others are still welcomed
         context.destroy(linger=0)
     assert any("flood: it sent past its credit" in r["msg"] for r in json_lines(out))
+
+
+def _forward(forwarder: Forwarder, first: int, count: int, timeout: float = 30) -> None:
+    """Submit records ``first`` .. ``first + count - 1`` of writer "w0" and wait until all are acknowledged."""
+    records = [raw_record(seq, f"r0 i{seq}", w="w0") for seq in range(first, first + count)]
+    forwarder.submit(records, records[-1]["ts"])
+    wait_for(lambda: forwarder.spool.unacked == 0 and forwarder.link.ready, timeout, "the records to be acknowledged")
+
+
+@pytest.mark.timeout(120)
+def test_a_second_process_claiming_a_live_node_is_refused_and_served_after_it(tmp_path: Path) -> None:
+    """Two forwarders with one node id (two spools): the second is refused while the first lives, then served."""
+    out = tmp_path / "cluster.log"
+    notices: list[str] = []
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True, idle_timeout=3) as streamer:
+        first = Forwarder(streamer.endpoint, "node0", str(tmp_path / "spool-a")).start()
+        _forward(first, 0, 500)
+        second = Forwarder(streamer.endpoint, "node0", str(tmp_path / "spool-b"), notice=notices.append).start()
+        wait_for(lambda: any("cannot take this node yet" in n for n in notices), 20, "the refusal")
+        assert not second.link.ready
+        _forward(first, 500, 500)  # the first is not disturbed
+        assert first.stop(10) == 0
+        # Its session ended cleanly: the name is free, and the second is welcomed on its own retry.
+        records = [raw_record(seq, f"r0 i{seq}", w="w1") for seq in range(300)]
+        second.submit(records, records[-1]["ts"])
+        wait_for(lambda: second.spool.unacked == 0, 60, "the second to be served")
+        assert any("took this node after all" in n for n in notices)
+        assert second.stop(10) == 0
+    lines = json_lines(out)
+    mine = [r for r in lines if not r["msg"].startswith("nvrxlog ")]
+    assert sorted((r["w"], r["seq"]) for r in mine) == sorted(
+        [("w0", s) for s in range(1000)] + [("w1", s) for s in range(300)]
+    )
+    assert any("refused a second session of node node0" in r["msg"] for r in lines)
+
+
+@pytest.mark.timeout(120)
+def test_a_forged_seq_far_ahead_does_not_make_a_writer_s_records_duplicates(tmp_path: Path) -> None:
+    """A peer as node0 claims seq 10**15 of its writer: refused and said; the writer's later records all arrive."""
+    out = tmp_path / "cluster.log"
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        spool = str(tmp_path / "spool")
+        genuine = Forwarder(streamer.endpoint, "node0", spool).start()
+        _forward(genuine, 0, 1000)
+        assert genuine.stop(10) == 0  # the node is between sessions (restarting, say)
+        context = zmq.Context()
+        evil = _dealer(streamer.endpoint, context, node="node0")
+        forged = raw_record(10**15, "forged: node0 rank 0 failed", w="w0", level="ERROR")
+        evil.send_multipart([b"B", _batch([forged], 1)])
+        evil.send_multipart([b"Q"])
+        wait_for(lambda: streamer.stats["implausible_seqs"] == 1, 20, "the forged record to be judged")
+        context.destroy(linger=0)
+        genuine = Forwarder(streamer.endpoint, "node0", spool).start()
+        _forward(genuine, 1000, 1000)
+        assert genuine.stop(10) == 0
+    lines = json_lines(out)
+    assert [r["seq"] for r in lines if r.get("w") == "w0"] == list(range(2000))
+    assert not any(r["msg"].startswith("forged") for r in lines)
+    assert any("with seq 1000000000000000 after 999" in r["msg"] for r in lines)
+
+
+@pytest.mark.timeout(120)
+def test_batches_fit_the_message_limit_the_streamer_announces(tmp_path: Path) -> None:
+    """A streamer taking 256 KiB messages: later batches are cut to fit, one spooled before that is stated lost."""
+    out = tmp_path / "cluster.log"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    forwarder = Forwarder(endpoint, "n0", str(tmp_path / "spool")).start()
+    try:
+        # Spooled before any streamer said its limit: one batch of about 900 KB.
+        forwarder.submit([raw_record(seq, f"big{seq} " + "x" * 300_000, w="w") for seq in range(3)], time.time_ns())
+        with Streamer(endpoint, str(out), json=True, max_message_bytes=256 << 10):
+            wait_for(lambda: forwarder.link.ready, 30, "the welcome")
+            assert forwarder.link.max_message == 256 << 10
+            small = [raw_record(seq, f"small{seq} " + "y" * 100, w="w") for seq in range(3, 1003)]
+            forwarder.submit([*small, raw_record(1003, "huge " + "z" * 300_000, w="w")], time.time_ns())
+            wait_for(lambda: forwarder.spool.unacked == 0, 60, "everything to be acknowledged")
+    finally:
+        forwarder.stop(5)
+    lines = json_lines(out)
+    assert [r["seq"] for r in lines if r.get("w") == "w"] == list(range(3, 1004))
+    huge = lines[-1]["msg"] if lines[-1].get("w") == "w" else next(r["msg"] for r in lines if r.get("seq") == 1003)
+    assert huge.startswith("huge zzz") and "[nvrxlog: cut" in huge
+    (lost,) = [r["msg"] for r in lines if "lost on the way" in r["msg"]]
+    assert "batches 1-1 (3 records): larger" in lost and "message limit (262144 bytes)" in lost
+    assert forwarder.stats["dropped"] == 3

@@ -11,6 +11,7 @@ from nvrxlog.wire.protocol import (
     BATCH,
     HELLO,
     INFO,
+    MAX_MESSAGE_BYTES,
     PING,
     PROTOCOL_VERSION,
     QUIT,
@@ -42,7 +43,7 @@ def test_hello_is_welcomed_with_credit_and_makes_a_session() -> None:
     intake = _intake()
     reply = intake.handle([PEER, *hello("node1")], 1.0)
     assert reply is not None and reply[:2] == [PEER, WELCOME]
-    assert orjson.loads(reply[2]) == {"credit": 1 << 20}
+    assert orjson.loads(reply[2]) == {"credit": 1 << 20, "max": MAX_MESSAGE_BYTES}
     assert intake.sessions.get(PEER).node == "node1"
     assert intake.stats["nodes"] == 1
 
@@ -146,3 +147,23 @@ def test_a_peer_sending_past_its_credit_is_refused_and_must_say_hello_again() ->
     assert intake.handle([PEER, BATCH, body], 3.0) == [PEER, RESET]  # unknown now: hello first
     ready, _ = intake.pending.take(float("inf"))
     assert ready is not None and any("sent past its credit" in line for line in ready.merged("lines"))
+
+
+def test_a_second_live_session_for_a_node_is_refused_until_the_first_falls_silent() -> None:
+    """Another spool claiming a live node's name is refused (retry), said once; the same spool reconnects freely."""
+    intake = _intake()
+    assert intake.handle([PEER, *hello("node1", "a" * 32)], 1.0)[1] == WELCOME
+    for now in (2.0, 3.0):
+        reply = intake.handle([b"other", *hello("node1", "b" * 32)], now)
+        assert reply is not None and reply[1] == REFUSED
+        body = orjson.loads(reply[2])
+        assert body["retry"] is True and "connected from another process" in body["reason"]
+    assert intake.sessions.get(PEER).node == "node1" and intake.sessions.get(b"other") is None
+    assert intake.stats["refused"] == 2
+    said = [text for text in _notices(intake) if "refused a second session of node node1" in text]
+    assert len(said) == 1
+    # The same spool from a new connection (a restart of that node) takes over at once.
+    assert intake.handle([b"again", *hello("node1", "a" * 32)], 4.0)[1] == WELCOME
+    # Silent past the idle timeout, the node's name is free for another spool.
+    assert intake.handle([b"other", *hello("node1", "b" * 32)], 15.0)[1] == WELCOME
+    assert intake.sessions.get(b"other").node == "node1" and intake.sessions.get(b"again") is None

@@ -217,6 +217,23 @@ def test_reconnected_says_hello_again_and_restarts_the_hello_round() -> None:
     assert link.waited_past(80.5, 30.0)
 
 
+def test_turned_away_says_hello_again_ever_less_often_until_welcomed() -> None:
+    """Refused for now (another session holds the name): hello again after doubling pauses, never final."""
+    link = Link()
+    hellos = []
+    now = 0.0
+    while now < 10.0:
+        if link.hello_due(now):
+            link.said_hello(now)
+            hellos.append(now)
+            link.turned_away(now)
+        now = round(now + 0.01, 2)
+    assert link.state is LinkState.HELLO
+    gaps = [b - a for a, b in zip(hellos, hellos[1:], strict=False)]
+    assert len(hellos) < 12 and gaps == sorted(gaps)  # backs off, not a hello every 0.25 s
+    assert link.welcome(100) and link.ready
+
+
 # -- liveness ---------------------------------------------------------------------------
 
 
@@ -394,6 +411,17 @@ def test_waited_past_restarts_after_a_reset() -> None:
     link.heard(99.0)
     link.reset(100.0)  # the streamer answered RESET (it restarted)
     assert not link.waited_past(100.5, 30.0)
+
+
+def test_a_burst_of_resets_from_a_restarted_streamer_is_one_lost_session() -> None:
+    """Every message in flight to a restarted streamer comes back RESET: only one counts, no growing pause."""
+    link = Link(now=0.0)
+    link.welcome(1 << 20)
+    for _ in range(20):
+        link.reset(10.0)
+    assert link.failures == 1 and link.hello_due(10.0)
+    link.said_hello(10.0)
+    assert link.welcome(1 << 20)
 
 
 def test_a_hello_the_socket_would_not_take_is_tried_again_soon() -> None:

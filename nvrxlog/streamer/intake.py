@@ -28,6 +28,7 @@ from nvrxlog.wire.protocol import (
     BATCH,
     HELLO,
     INFO,
+    MAX_MESSAGE_BYTES,
     PING,
     PROTOCOL_VERSION,
     QUIT,
@@ -43,6 +44,8 @@ __all__ = ["Intake"]
 
 #: Dropped batches named one by one per session; past this a hostile peer's flood is only counted.
 _NAMED_DROPS = 20
+#: Nodes whose retried refusals are remembered (said once each); past this a flood of names is only counted.
+_TOLD_TO_RETRY = 1000
 
 
 class Intake:
@@ -61,8 +64,10 @@ class Intake:
         credit_bytes: int,
         idle_timeout: float,
         keep_records: Callable[[], bool],
+        max_message: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.stats = stats
+        self.max_message = max_message  # told to every node: a larger message would drop its connection
         self.sessions = Sessions(credit_bytes=credit_bytes, idle_timeout=idle_timeout)
         # Records held for merging, as sorted chunks (one per batch): a flush
         # takes what is ready from each chunk and sorts only that, instead of
@@ -75,6 +80,7 @@ class Intake:
         self._start_ns = time.time_ns()
         self._notice_seq = 0
         self._over_credit_named = 0  # sessions refused for ignoring credit, named in notices
+        self._told_to_retry: set[str] = set()  # nodes refused for now, said once until welcomed
         self._foreign: deque[tuple[str, str]] = deque()  # notices from other threads, not yet put in
         self._notice_key = record_key(name, f"streamer.{self._start_ns}")
         self.ingest = self._new_ingest(None)
@@ -144,15 +150,29 @@ class Intake:
         problem = version_problem(hello)
         if problem is not None:
             return self._refuse(peer, f"node {node}", problem)
-        credit, notices = self.sessions.hello(peer, node, now)
+        sid = hello.get("sid", "")
+        sid = sid[:64] if type(sid) is str else ""
+        problem = self.sessions.conflict(node, sid, now)
+        if problem is not None:
+            return self._refuse(peer, f"a second session of node {node}", problem, retry=node)
+        self._told_to_retry.discard(node)
+        credit, notices = self.sessions.hello(peer, node, now, sid)
         self.notices(notices)
         self.stats["nodes"] = self.sessions.nodes
-        return [peer, WELCOME, orjson.dumps({"credit": credit})]
+        return [peer, WELCOME, orjson.dumps({"credit": credit, "max": self.max_message})]
 
-    def _refuse(self, peer: bytes, who: str, problem: str) -> list[bytes]:
+    def _refuse(self, peer: bytes, who: str, problem: str, *, retry: str = "") -> list[bytes]:
+        """Refuse ``peer``'s hello with ``problem``, said in the output.
+
+        ``retry`` names the node a refusal is for when the peer may be served
+        later: it asks again (it was told to), so that refusal is said once
+        until the node is welcomed, and a loop of them cannot flood the file.
+        """
         self.stats["refused"] += 1
-        self.notice(f"refused {who}: {problem}")
-        return [peer, REFUSED, orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION})]
+        if not retry or (retry not in self._told_to_retry and len(self._told_to_retry) < _TOLD_TO_RETRY):
+            self._told_to_retry.add(retry)
+            self.notice(f"refused {who}: {problem}")
+        return [peer, REFUSED, orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION, "retry": bool(retry)})]
 
     def _over_credit(self, peer: bytes, session: Session, size: int, batches: int) -> list[bytes]:
         """A message past the peer's credit: not taken, and its session ends (RESET: hello, then resend).

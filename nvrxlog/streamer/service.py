@@ -113,6 +113,7 @@ class Streamer(Service):
             credit_bytes=credit_bytes,
             idle_timeout=idle_timeout,
             keep_records=self._keeps_records,
+            max_message=max_message_bytes,
         )
         self._flush = Flush(
             self._cluster,

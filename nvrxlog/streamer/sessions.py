@@ -31,6 +31,7 @@ class Session:
 
     node: str
     credit: int = 0  # bytes of batches it may have in flight
+    sid: str = ""  # the identity of the node's spool, the same across its restarts
     acks: list[tuple[int, int, int]] = field(default_factory=list)  # (batch seq, newest time not durable, bytes)
     in_flight: int = 0  # bytes of its batches received and not yet acknowledged
     bad: int = 0  # malformed messages from it
@@ -72,15 +73,34 @@ class Sessions:
         """How many distinct nodes are connected."""
         return len({s.node for s in self.by_peer.values()})
 
-    def hello(self, peer: bytes, node: str, now: float) -> tuple[int, list[tuple[str, str]]]:
-        """``peer`` says hello as ``node``: its credit in bytes, and notices."""
+    def conflict(self, node: str, sid: str, now: float) -> str | None:
+        """Why a hello as ``node`` from spool ``sid`` cannot be served now, or None.
+
+        A live session of ``node`` from another spool is another process (a
+        second node given the same id, or a peer claiming to be it): taking
+        its name would mix two writers' positions and drop the live node's
+        records as duplicates. It keeps the name; the other may try again
+        once the first has been silent past the idle timeout.
+        """
+        for session in self.by_peer.values():
+            if session.node == node and session.sid != sid:
+                silent = now - self.last_seen.get(node, float("-inf"))
+                if silent <= self.idle_timeout:
+                    return (
+                        f"node {node} is connected from another process (its spool differs; heard {silent:.0f}s ago); "
+                        f"give each node its own NVRX_NODE_ID, or wait {self.idle_timeout:.0f}s after the old one ends"
+                    )
+        return None
+
+    def hello(self, peer: bytes, node: str, now: float, sid: str = "") -> tuple[int, list[tuple[str, str]]]:
+        """``peer`` says hello as ``node`` (from spool ``sid``): its credit in bytes, and notices."""
         for other, old in list(self.by_peer.items()):
             if old.node == node:
                 del self.by_peer[other]  # a reconnect replaces the old connection
         # The byte budget is shared: what all nodes may have in flight at once
         # bounds what the streamer holds.
         credit = max(_MIN_CREDIT, min(_MAX_CREDIT, self.credit_bytes // (1 + len(self.by_peer))))
-        self.by_peer[peer] = Session(node, credit)
+        self.by_peer[peer] = Session(node, credit, sid)
         # Until it reports a watermark, a new node holds the others back
         # (at most max_hold): its first records may be older than theirs.
         self.watermarks.setdefault(node, 0)

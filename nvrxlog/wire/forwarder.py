@@ -20,7 +20,7 @@ import zmq
 from nvrxlog.core.record import notice_record
 from nvrxlog.core.watermark import batch_watermarks
 from nvrxlog.errors import ConfigError, LifecycleError, TransportError
-from nvrxlog.wire.batching import split_batches
+from nvrxlog.wire.batching import MAX_BATCH_BYTES, split_batches
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.link import Link, LinkState
 from nvrxlog.wire.losses import LossLedger
@@ -33,6 +33,7 @@ from nvrxlog.wire.protocol import (
     REFUSED,
     RESET,
     WELCOME,
+    announced_max,
     hello,
 )
 from nvrxlog.wire.spool import Dropped, Spool
@@ -96,6 +97,8 @@ class Forwarder:
         self._started_ns = time.time_ns()
         self._ack_problem = False  # the last save of the acknowledged position failed (reported)
         self._ack_retry_at = 0.0
+        self._turned_away = False  # refused for now (another session holds our name), said once
+        self._carry: tuple[int, bytes] | None = None  # a batch handed out that goes first in the next message
 
     def start(self) -> Forwarder:
         """Start the forwarding thread; raises ConfigError for unusable CURVE keys (before any thread runs)."""
@@ -114,23 +117,51 @@ class Forwarder:
 
     def submit(self, records: list, watermark: int) -> None:
         """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
-        batches = split_batches(records)
+        # Estimated at 4 bytes a character, a quarter of the limit stays under it even escaped (6).
+        batches = split_batches(records, max_bytes=min(MAX_BATCH_BYTES, self.link.max_message // 4))
         marks = batch_watermarks([min(r["ts"] for r in batch) for batch in batches], watermark)
         for batch, mark in zip(batches, marks, strict=True):
             _, dropped = self.spool.append(batch, mark)
             if dropped:
-                self._record_loss(dropped)
+                self._spool_full(dropped)
         self._wake.poke()
 
-    def _record_loss(self, dropped: list[Dropped]) -> None:
+    def _spool_full(self, dropped: list[Dropped]) -> None:
+        self._record_loss(
+            dropped,
+            f"forwarding spool over its limit ({self.spool.max_bytes / (1 << 20):g} MiB) while the streamer "
+            "did not acknowledge: dropping the oldest batches; the cluster log will say which (this file has them)",
+        )
+
+    def _record_loss(self, dropped: list[Dropped], text: str) -> None:
+        """Keep ``dropped`` until the streamer is told (on disk too), count it, and say ``text`` here."""
         with self._losses_lock:
             self._losses.add(dropped)
             self.spool.save_lost(self._losses.entries)
         self.stats["dropped"] += sum(loss.records for loss in dropped)
-        self._notice(
-            f"forwarding spool over its limit ({self.spool.max_bytes / (1 << 20):g} MiB) while the streamer "
-            "did not acknowledge: dropping the oldest batches; the cluster log will say which (this file has them)"
+        self._notice(text)
+
+    def _undeliverable(self, seq: int, payload: bytes) -> None:
+        """Batch ``seq`` is larger than the streamer takes: never sent (it would drop the connection), stated lost.
+
+        Later batches are acknowledged past it, so nothing waits for it; its
+        records are in this node's file.
+        """
+        try:
+            count = int(orjson.loads(payload)["n"])
+        except (ValueError, KeyError, TypeError):
+            count = 0
+        limit = self.link.max_message
+        why = f"larger ({len(payload)} bytes) than the streamer's message limit ({limit} bytes)"
+        self._record_loss(
+            [Dropped(seq, seq, count, why)],
+            f"batch {seq} ({count} records) is {why}: not sent; the cluster log will say so (this file has them)",
         )
+
+    def _rewind(self) -> None:
+        """Hand out again from the first unacknowledged batch (a batch held for the next message too)."""
+        self._carry = None
+        self.spool.rewind()
 
     def _report_loss(self) -> None:
         """Spool one notice stating every unreported loss (see ``LossLedger``)."""
@@ -147,7 +178,7 @@ class Forwarder:
         with self._losses_lock:
             self._losses.reported(seq)
         if dropped:
-            self._record_loss(dropped)
+            self._spool_full(dropped)
 
     def stop(self, timeout: float = 10.0) -> int:
         """Wait up to ``timeout`` s for every batch to be acknowledged; return records not delivered."""
@@ -173,18 +204,55 @@ class Forwarder:
             self.stats["acked_batches"] += self.spool.acked - before
             link.acked(self.spool.acked)
         elif kind == WELCOME:
-            if link.welcome(int(orjson.loads(frames[1])["credit"])):
-                self.spool.rewind()  # resend everything unacknowledged, in order
+            if self._turned_away:
+                self._turned_away = False
+                self._notice(f"the streamer {self.endpoint} took this node after all")
+            body = orjson.loads(frames[1])
+            if link.welcome(int(body["credit"]), announced_max(body)):
+                self._rewind()  # resend everything unacknowledged, in order
         elif kind == RESET:
             link.reset(now)
             self.stats["resets"] += 1
         elif kind == REFUSED:
-            reason = str(orjson.loads(frames[1]).get("reason", "no reason given"))[:300]
+            body = orjson.loads(frames[1])
+            reason = str(body.get("reason", "no reason given"))[:300]
+            if body.get("retry") is True:
+                link.turned_away(now)
+                if not self._turned_away:
+                    self._turned_away = True
+                    self._notice(f"the streamer {self.endpoint} cannot take this node yet: {reason}; retrying")
+                return
             link.refuse(reason)
             self._notice(
                 f"the streamer {self.endpoint} refused this node: {reason}; "
                 f"forwarding stopped, records stay spooled in {self.spool.directory}"
             )
+
+    def _message(self) -> tuple[list[bytes], int]:
+        """The next message of batches (up to ``_MESSAGE_TARGET``, under the streamer's limit), and its last seq.
+
+        A batch that would take the message past the limit waits for the
+        next one; one that could never fit is stated lost instead.
+        """
+        limit = self.link.max_message
+        frames = [BATCH]
+        size = last = 0
+        while size < _MESSAGE_TARGET:
+            batch = self._carry or self.spool.next_batch()
+            self._carry = None
+            if batch is None:
+                break
+            seq, payload = batch
+            if not _frames_fit(0, len(payload), limit):
+                self._undeliverable(seq, payload)
+                continue
+            if last and not _frames_fit(size, len(payload), limit):
+                self._carry = batch
+                break
+            frames.append(payload)
+            size += len(payload)
+            last = seq
+        return frames, last
 
     def _ack_saved(self, problem: OSError | None, now: float) -> None:
         """Note how saving the acknowledged position went: a failure is reported once and retried later."""
@@ -246,7 +314,7 @@ class Forwarder:
         # pyzmq's poll names a non-socket by its descriptor, never by the object registered.
         wake = self._wake.fileno()
         poller.register(wake, zmq.POLLIN)
-        hello_frames = hello(self.node_id)
+        hello_frames = hello(self.node_id, self.spool.identity)
         warned = False
         while True:
             now = time.monotonic()
@@ -281,17 +349,12 @@ class Forwarder:
             if link.ready:
                 self._report_loss()
             while link.has_room():
-                frames = [BATCH]
-                size = 0
-                last = 0
-                while size < _MESSAGE_TARGET and (batch := spool.next_batch()) is not None:
-                    frames.append(batch[1])
-                    size += len(batch[1])
-                    last = batch[0]
+                frames, last = self._message()
                 if not last:
                     break
+                size = sum(map(len, frames)) - 1
                 if not _try_send(sock, frames):
-                    spool.rewind()  # the pipe is full or gone: resend from the first unacked
+                    self._rewind()  # the pipe is full or gone: resend from the first unacked
                     link.send_failed()
                     break
                 link.sent(last, size, now)
@@ -316,6 +379,11 @@ class Forwarder:
                         self._handle(frames, time.monotonic())
                     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                         self.stats["bad_replies"] = self.stats.get("bad_replies", 0) + 1
+
+
+def _frames_fit(size: int, more: int, limit: int) -> bool:
+    # A message under the streamer's limit (frames carry a few bytes of framing each).
+    return size + more + 64 <= limit
 
 
 def _try_send(sock: zmq.Socket, frames: list[bytes]) -> bool:

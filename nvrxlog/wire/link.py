@@ -4,7 +4,7 @@
 
     HELLO ──welcome──► READY ──silent past liveness──► (reconnect) HELLO
       ▲                  │
-      └─────reset────────┘          any state ──refused──► REFUSED (final)
+      └──reset, turned away──┘      any state ──refused──► REFUSED (final)
 
 The forwarder's thread owns the socket and asks the link what to do next
 (say hello? room to send? ping? reconnect?), passing the time in, so every
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+
+from nvrxlog.wire.protocol import MAX_MESSAGE_BYTES
 
 __all__ = ["Link", "LinkState", "WATERMARK_EVERY", "reconnect_delay"]
 
@@ -49,6 +51,8 @@ class Link:
         self.liveness = liveness
         self.state = LinkState.HELLO
         self.credit = 0
+        #: The largest message the streamer takes (announced in its welcome).
+        self.max_message = MAX_MESSAGE_BYTES
         self.refusal = ""
         self._in_flight: deque[tuple[int, int]] = deque()  # (last batch seq, bytes) per message sent
         self.in_flight_bytes = 0
@@ -85,22 +89,36 @@ class Link:
         """Anything arrived from the streamer."""
         self.last_recv = now
 
-    def welcome(self, credit: int) -> bool:
+    def welcome(self, credit: int, max_message: int = MAX_MESSAGE_BYTES) -> bool:
         """The streamer welcomed us; True if this starts a session (resend everything unacknowledged)."""
         if self.state is not LinkState.HELLO:
             return False
         self.state = LinkState.READY
         self.credit = max(1, credit)
+        self.max_message = max_message
         self._forget_in_flight()
         return True
 
     def reset(self, now: float) -> None:
-        """The streamer does not know us (it restarted): hello again at once, then resend."""
-        if self.state is LinkState.REFUSED:
+        """The streamer does not know us (it restarted): hello again at once, then resend.
+
+        Every message sent to a restarted streamer is answered RESET, so many
+        arrive together; only one that ends a session counts as its loss (the
+        rest, arriving while saying hello, are that same loss).
+        """
+        if self.state is not LinkState.READY:
             return
         self.state = LinkState.HELLO
         self.hello_since = now  # it answered just now: a new round of hellos begins
         self._last_hello = float("-inf")
+        self._forget_in_flight()
+        self._back_off(now)
+
+    def turned_away(self, now: float) -> None:
+        """The streamer cannot serve us yet (another session holds our name): hello again after a pause."""
+        if self.state is LinkState.REFUSED:
+            return
+        self.state = LinkState.HELLO
         self._forget_in_flight()
         self._back_off(now)
 

@@ -32,8 +32,8 @@ class LossLedger:
         """The text of a report to spool now: every unreported loss; None if none or one is in flight."""
         if not self.entries or self._report is not None:
             return None
-        ranges = ", ".join(f"batches {d.first}-{d.last} ({d.records} records)" for d in self.entries)
-        return f"nvrxlog forwarder: records lost on the way to the streamer (spool limit): {ranges}"
+        ranges = "; ".join(f"batches {d.first}-{d.last} ({d.records} records): {d.why}" for d in self.entries)
+        return f"nvrxlog forwarder: records lost on the way to the streamer: {ranges}"
 
     def reported(self, batch_seq: int) -> None:
         """The report of every current entry went into the spool as batch ``batch_seq``."""

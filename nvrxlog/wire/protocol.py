@@ -5,26 +5,40 @@ Every message is a multipart ZeroMQ message whose first frame is its kind:
 ==========  ======================  ===============================================
 direction   kind                    payload (orjson unless said otherwise)
 ==========  ======================  ===============================================
-node ->     ``H`` hello             ``{"node": id, "v": PROTOCOL_VERSION}``
+node ->     ``H`` hello             ``{"node": id, "v": PROTOCOL_VERSION, "sid": spool identity}``
 node ->     ``B`` batches           one or more spool lines (a frame each):
                                     ``{"b": seq, "c": watermark, "n": count, ...}``, the
                                     records as columns (``columns``) or as ``"r": [...]``
 node ->     ``P`` ping              optional watermark (ascii ns) once every batch is sent
 node ->     ``Q`` quit              none: everything is acknowledged and nothing more will come
 anyone ->   ``T`` tail info         none
--> node     ``W`` welcome           ``{"credit": bytes of batches in flight allowed}``
+-> node     ``W`` welcome           ``{"credit": bytes of batches in flight allowed,
+                                    "max": the largest message it takes, in bytes}``
 -> node     ``A`` ack               ``{"acked": seq}``: batches up to seq are durable
 -> node     ``P`` pong              none
 -> node     ``R`` reset             none: "say hello first" (e.g. after a restart)
--> node     ``X`` refused           ``{"reason": text, "v": the streamer's version}``
+-> node     ``X`` refused           ``{"reason": text, "v": the streamer's version, "retry": bool}``
 -> anyone   ``I`` info              ``{"pub": endpoint of the live PUB socket}``
 ==========  ======================  ===============================================
 
-A node sends batches in order, at most ``credit`` bytes beyond the last ack, and on a
+A node sends batches in order, at most ``credit`` bytes beyond the last ack, in
+messages of at most ``max`` bytes (a larger one would drop its connection; a
+batch that cannot fit alone is stated lost, its records are in the node's
+file), and on a
 reset, a reconnect or a silent streamer rewinds to the first unacknowledged
 batch. The streamer de-duplicates per record (node, writer, writer seq), so a
 resend can never double a line. A hello of another protocol version, or
 over ``MAX_HELLO_BYTES``, is refused, and both sides say so.
+
+A node's ``sid`` is made with its spool and kept across its restarts. While
+a node's session is live (heard within the idle timeout), a hello naming
+that node with another ``sid`` (a second process given the same node id, or
+a peer claiming to be it) is refused with ``"retry": true``: the first
+session keeps its name and its writers' positions, and the refused peer
+tries again later (it is welcomed once the first has been silent past the
+timeout, as a restarted node whose spool was lost is). Without CURVE a peer
+that can reach the streamer can still write lines of its own under any
+name; run with CURVE on any network others can reach.
 
 A watermark says "this node has handed over every record up to this time";
 the streamer writes up to the lowest watermark of its live nodes, so lines
@@ -50,6 +64,7 @@ __all__ = [
     "RESET",
     "TAIL",
     "WELCOME",
+    "announced_max",
     "hello",
     "hello_size_problem",
     "version_problem",
@@ -57,7 +72,7 @@ __all__ = [
 
 HELLO, BATCH, PING, TAIL, QUIT = b"H", b"B", b"P", b"T", b"Q"
 WELCOME, ACK, RESET, INFO, REFUSED = b"W", b"A", b"R", b"I", b"X"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_BATCH_RECORDS = 1000
 MAX_MESSAGE_BYTES = 64 << 20
 #: A hello names a node (64 characters once sanitised) and a version: anything
@@ -65,9 +80,17 @@ MAX_MESSAGE_BYTES = 64 << 20
 MAX_HELLO_BYTES = 4096
 
 
-def hello(node_id: str) -> list[bytes]:
-    """The frames of a node's hello."""
-    return [HELLO, orjson.dumps({"node": node_id, "v": PROTOCOL_VERSION})]
+def hello(node_id: str, sid: str = "") -> list[bytes]:
+    """The frames of a node's hello (``sid``: its spool's identity)."""
+    return [HELLO, orjson.dumps({"node": node_id, "v": PROTOCOL_VERSION, "sid": sid})]
+
+
+def announced_max(welcome_body: dict) -> int:
+    """The message limit a welcome announces (``MAX_MESSAGE_BYTES`` if it says none), at least 64 KiB."""
+    limit = welcome_body.get("max")
+    if type(limit) is not int:
+        return MAX_MESSAGE_BYTES
+    return max(64 << 10, min(limit, MAX_MESSAGE_BYTES))
 
 
 def hello_size_problem(size: int) -> str | None:
