@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_streamer_ingest import T0, payload, rec
 
 from nvrxlog.core.lines import LineFormat
@@ -167,3 +170,104 @@ def test_a_second_live_session_for_a_node_is_refused_until_the_first_falls_silen
     # Silent past the idle timeout, the node's name is free for another spool.
     assert intake.handle([b"other", *hello("node1", "b" * 32)], 15.0)[1] == WELCOME
     assert intake.sessions.get(b"other").node == "node1" and intake.sessions.get(b"again") is None
+
+
+# -- fuzz: an honest node among random and mutated frames -----------------------------------
+
+_KINDS = [BATCH, PING, HELLO, QUIT, TAIL, b"Z", b""]
+
+
+def _mutated(data: st.DataObject, good: bytes) -> bytes:
+    """``good`` damaged: cut, bytes flipped, spliced with junk, or replaced by some other JSON."""
+    how = data.draw(st.integers(0, 5), label="mutation")
+    if how == 0:
+        return good[: data.draw(st.integers(0, len(good)), label="cut")]
+    if how == 1:
+        raw = bytearray(good)
+        for _ in range(data.draw(st.integers(1, 8), label="flips")):
+            raw[data.draw(st.integers(0, len(raw) - 1), label="at")] ^= 1 << data.draw(st.integers(0, 7))
+        return bytes(raw)
+    if how == 2:
+        at = data.draw(st.integers(0, len(good)), label="splice")
+        return good[:at] + data.draw(st.binary(max_size=40), label="junk") + good[at:]
+    if how == 3:
+        return orjson.dumps(data.draw(_json, label="json"))
+    if how == 4:  # a batch whose records claim far-future stamps or seqs no writer reaches
+        body = orjson.loads(good)
+        body["t"] = [t + 10**18 for t in body["t"]] if "t" in body else body.get("t")
+        body["s"] = [s + 10**15 for s in body["s"]] if "s" in body else body.get("s")
+        return orjson.dumps(body)
+    return b"[" * 2000 + b"]" * 2000  # nested past any limit
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(list("bcnrtsplfiPLFm")), inner),
+    max_leaves=20,
+)
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_intake_never_dies_never_acks_unwritten_and_the_honest_node_arrives_once(data: st.DataObject) -> None:
+    """Random and mutated frames from other peers around an honest node's batches, resends and flushes."""
+    intake = _intake()
+    honest, sid = b"honest", "a" * 32
+    assert intake.handle([honest, *hello("n0", sid)], 0.0)[1] == WELCOME
+    batches = []
+    seq = 0
+    for b in range(1, data.draw(st.integers(1, 6), label="batches") + 1):
+        records = []
+        for _ in range(data.draw(st.integers(0, 5), label="records")):
+            records.append(rec(seq, T0 + seq * 10, w=f"w{seq % 2}"))
+            seq += 1
+        form = data.draw(st.sampled_from(["columns", "r"]), label="form") if records else "r"
+        batches.append((b, records, payload(b, records, form=form)))
+    written: list[tuple[str, int]] = []  # (writer key, seq) of every record taken for writing
+    acked = 0
+    sent = 0  # honest batches sent in order so far (resends rewind it)
+    now = 1.0
+    for _ in range(data.draw(st.integers(len(batches), 40), label="steps")):
+        now += 0.001
+        step = data.draw(st.integers(0, 9), label="step")
+        if step <= 3 and sent < len(batches):
+            frames = [honest, BATCH, batches[sent][2]]
+            sent += 1
+        elif step == 4:
+            sent = acked  # a reconnect: resend from the first unacknowledged batch
+            continue
+        elif step == 5:
+            cutoff = T0 + data.draw(st.integers(0, seq * 10 + 10), label="cutoff")
+            ready, _ = intake.pending.take(cutoff)  # as a flush does: take, write, then acks due at that cutoff
+            if ready is not None:
+                written.extend(zip(ready.merged("keys"), ready.merged("seqs"), strict=True))
+            for peer, last in intake.sessions.acks_due(cutoff):
+                if peer == honest:
+                    acked = max(acked, last)
+            # An ack covers only batches whose honest records are all taken for writing.
+            for b, records, _ in batches[:acked]:
+                assert all((f"n0|{r['w']}", r["seq"]) in written for r in records), f"batch {b} acked unwritten"
+            continue
+        else:
+            peer = data.draw(st.sampled_from([b"evil", b"evil2", honest + b"?"]), label="peer")
+            kind = data.draw(st.sampled_from(_KINDS), label="kind")
+            if kind == HELLO:
+                name = data.draw(st.sampled_from(["n0", "evil", "x" * 100]), label="name")
+                frames = [peer, *hello(name, data.draw(st.sampled_from(["", "b" * 32, "c"]), label="sid"))]
+            else:
+                good = batches[data.draw(st.integers(0, len(batches) - 1), label="copy")][2]
+                payloads = [_mutated(data, good) for _ in range(data.draw(st.integers(0, 3), label="frames"))]
+                frames = [peer, kind, *payloads]
+        intake.handle(frames, now)  # never raises
+    # The end: everything still sent, everything written, everything acknowledged.
+    for _b, _, body in batches[acked:]:
+        intake.handle([honest, BATCH, body], now)
+    ready, _ = intake.pending.take(float("inf"))
+    if ready is not None:
+        written.extend(zip(ready.merged("keys"), ready.merged("seqs"), strict=True))
+    assert intake.sessions.get(honest) is not None and intake.sessions.get(honest).node == "n0"
+    last = [seq for peer, seq in intake.sessions.acks_due(float("inf")) if peer == honest]
+    assert max([acked, *last]) == len(batches)
+    mine = sorted(item for item in written if item[0].startswith("n0|"))
+    assert mine == sorted((f"n0|{r['w']}", r["seq"]) for _, records, _ in batches for r in records)
