@@ -145,8 +145,10 @@ def report(quick: bool = False) -> str:
     heavy = capture_overhead(calls=5_000 if quick else 20_000, rounds=3 if quick else 5)
     off = heavy["capture off"]
     rows = [[name, f"{ns:.0f}", f"{ns / off:.2f}x"] for name, ns in heavy.items()]
-    return text + "\n\na library's record in an application's own logging set-up (NVFlare-like)\n\n" + table(
-        ["configuration", "ns/call", "vs capture off"], rows
+    return (
+        text
+        + "\n\na library's record in an application's own logging set-up (NVFlare-like)\n\n"
+        + table(["configuration", "ns/call", "vs capture off"], rows)
     )
 
 
