@@ -5,16 +5,22 @@ Every message is a multipart ZeroMQ message whose first frame is its kind:
 ==========  ======================  ===============================================
 direction   kind                    payload (orjson unless said otherwise)
 ==========  ======================  ===============================================
-node ->     ``H`` hello             ``{"node": id, "v": PROTOCOL_VERSION}``
+node ->     ``H`` hello             ``{"node": id, "v": PROTOCOL_VERSION}``, optional
+                                    ``"t"``: the node's clock (ns) when sent
 node ->     ``B`` batches           one or more spool lines (a frame each):
                                     ``{"b": seq, "c": watermark, "n": count, ...}``, the
                                     records as columns (``columns``) or as ``"r": [...]``
-node ->     ``P`` ping              optional watermark (ascii ns) once every batch is sent
+node ->     ``P`` ping              optional watermark (ascii ns; ``b""``: none) once every
+                                    batch is sent; then optionally the clock:
+                                    ``{"t": node's clock when sent, "o": offset, "r": rtt}``
+                                    (``"o"``, ``"r"`` in ns once the node has an estimate)
 node ->     ``Q`` quit              none: everything is acknowledged and nothing more will come
 anyone ->   ``T`` tail info         none
--> node     ``W`` welcome           ``{"credit": bytes of batches in flight allowed}``
+-> node     ``W`` welcome           ``{"credit": bytes of batches in flight allowed}``, and
+                                    ``"t0"``: the hello's ``"t"``, ``"t1"``: the streamer's
+                                    clock on receipt, if the hello had ``"t"``
 -> node     ``A`` ack               ``{"acked": seq}``: batches up to seq are durable
--> node     ``P`` pong              none
+-> node     ``P`` pong              none, or ``{"t0": the ping's "t", "t1": the streamer's clock}``
 -> node     ``R`` reset             none: "say hello first" (e.g. after a restart)
 -> node     ``X`` refused           ``{"reason": text, "v": the streamer's version}``
 -> anyone   ``I`` info              ``{"pub": endpoint of the live PUB socket}``
@@ -29,6 +35,14 @@ over ``MAX_HELLO_BYTES``, is refused, and both sides say so.
 A watermark says "this node has handed over every record up to this time";
 the streamer writes up to the lowest watermark of its live nodes, so lines
 from different nodes come out in time order however late each arrives.
+
+Clocks: ``"t"``, ``"t0"``, ``"t1"`` let the node estimate the streamer's clock
+minus its own, NTP-style (``wire/clock.py``); it reports that ``"o"`` (and its
+round trip ``"r"``) in its pings, the first right after the welcome, before
+any batch. The streamer adds the offset to the node's stamps and watermarks
+(``streamer/clocks.py``). Every clock field is optional: a peer without them
+is not corrected, and a record stamped far ahead of the streamer's clock is
+merged by its arrival whatever the peer.
 """
 
 from __future__ import annotations
@@ -65,9 +79,12 @@ MAX_MESSAGE_BYTES = 64 << 20
 MAX_HELLO_BYTES = 4096
 
 
-def hello(node_id: str) -> list[bytes]:
-    """The frames of a node's hello."""
-    return [HELLO, orjson.dumps({"node": node_id, "v": PROTOCOL_VERSION})]
+def hello(node_id: str, *, now_ns: int | None = None) -> list[bytes]:
+    """The frames of a node's hello; stamped with ``now_ns`` (its clock), the welcome answers with the streamer's."""
+    body: dict[str, object] = {"node": node_id, "v": PROTOCOL_VERSION}
+    if now_ns is not None:
+        body["t"] = now_ns
+    return [HELLO, orjson.dumps(body)]
 
 
 def hello_size_problem(size: int) -> str | None:
