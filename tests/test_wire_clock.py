@@ -1,11 +1,20 @@
-"""The node's estimate of the streamer's clock (``nvrxlog.wire.clock``)."""
+"""The node's estimate of the streamer's clock (``nvrxlog.wire.clock``); the forwarder reports it before batches."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import zmq
+from conftest import raw_record
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nvrxlog.wire.clock import MAX_RTT_NS, WINDOW, ClockEstimate, Sample, sample
+from nvrxlog.wire.forwarder import Forwarder
+from nvrxlog.wire.protocol import BATCH, HELLO, PING, WELCOME
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000
@@ -77,3 +86,32 @@ def test_the_report_carries_the_stamp_and_the_estimate_once_known() -> None:
     assert clock.report(T0) == {"t": T0}
     clock.add(T0, T0 + 7 * MS, T0 + 2 * MS)
     assert clock.report(T0 + 9) == {"t": T0 + 9, "o": 6 * MS, "r": 2 * MS}
+
+
+@pytest.mark.timeout(30)
+def test_the_forwarder_reports_its_offset_before_the_first_batch(tmp_path: Path) -> None:
+    """Welcomed by a streamer an hour ahead, a forwarder's next message is a ping with that offset, then its batch."""
+    hour = 3600 * 10**9
+    with zmq.Context() as context:
+        router = context.socket(zmq.ROUTER)
+        router.linger = 0
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        forwarder = Forwarder(f"tcp://127.0.0.1:{port}", "n1", str(tmp_path / "spool"), context=context)
+        forwarder.submit([raw_record(0, "r0 i0")], time.time_ns())
+        forwarder.start()
+        try:
+            assert router.poll(10_000)
+            peer, kind, body = router.recv_multipart()
+            assert kind == HELLO
+            t0 = orjson.loads(body)["t"]
+            router.send_multipart([peer, WELCOME, orjson.dumps({"credit": 1 << 20, "t0": t0, "t1": t0 + hour})])
+            assert router.poll(10_000)
+            frames = router.recv_multipart()
+            assert frames[1:3] == [PING, b""], "no watermark: the batch is not sent yet"
+            report = orjson.loads(frames[3])
+            assert abs(report["o"] - hour) <= report["r"] // 2 + 1 and 0 <= report["r"] < 10**9
+            assert router.poll(10_000)
+            assert router.recv_multipart()[1] == BATCH
+        finally:
+            forwarder.stop(0)
+            router.close()
