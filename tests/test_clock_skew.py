@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -42,13 +43,23 @@ def _records(path: Path) -> list[dict]:
 
 
 @pytest.mark.timeout(120)
-def test_a_node_an_hour_ahead_is_merged_promptly_on_corrected_time(tmp_path: Path) -> None:
-    """node1's clock is an hour ahead: its lines reach the cluster file as it logs, in time order with node0's."""
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "through-a-relay"])
+def test_a_node_an_hour_ahead_is_merged_promptly_on_corrected_time(tmp_path: Path, relayed: bool) -> None:
+    """node1's clock is an hour ahead: its lines reach the cluster file as it logs, in time order with node0's.
+
+    Through a relay, the relay corrects (it is the one node1 talks to) and
+    passes corrected times up, so the top's file is the same.
+    """
     out = tmp_path / "cluster.log"
     count = 500
-    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+    with contextlib.ExitStack() as stack:
+        streamer = stack.enter_context(Streamer("tcp://127.0.0.1:0", str(out), json=True))
+        entry = streamer.endpoint
+        if relayed:
+            relay = Streamer("tcp://127.0.0.1:0", str(tmp_path / "relay.log"), forward=entry, name="relay1")
+            entry = stack.enter_context(relay).endpoint
         (agg0, rank0), (agg1, rank1) = (
-            _node(tmp_path, f"node{n}", streamer.endpoint, skew, count) for n, skew in ((0, 0), (1, _HOUR))
+            _node(tmp_path, f"node{n}", entry, skew, count) for n, skew in ((0, 0), (1, _HOUR))
         )
         for rank in (rank0, rank1):
             assert rank.wait(timeout=60) == 0
