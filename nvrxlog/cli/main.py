@@ -347,6 +347,7 @@ def _stream(args: argparse.Namespace) -> int:
         ("duplicates", "resent records dropped as duplicates"),
         ("late", "records written late (their node lagged past --max-hold)"),
         ("bad_frames", "malformed messages or records dropped"),
+        ("future_stamps", "records stamped over 1 s past the streamer's clock (corrected), merged by arrival"),
         ("refused", "nodes refused (protocol version)"),
     ):
         if stats.get(key):

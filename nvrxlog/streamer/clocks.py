@@ -104,4 +104,4 @@ def merge_keys(stamps: list[int], arrival: int) -> tuple[list[int], int]:
     if not stamps or max(stamps) <= limit:
         return stamps, 0
     keys = [ts if ts <= limit else arrival for ts in stamps]
-    return keys, sum(ts > limit for ts in stamps)
+    return keys, sum(map(limit.__lt__, stamps))  # counted in C
