@@ -36,7 +36,11 @@ def test_an_hour_ahead_is_applied_and_told_once() -> None:
     moved, notices = clock.report("node1", -HOUR, 200_000)
     assert moved == -HOUR and clock.offset == -HOUR
     assert notices == [
-        ("node node1's clock is +3600.0 s ahead of the streamer's; its lines are merged on corrected time", "WARNING")
+        (
+            "node node1's clock is +3600.0 s ahead of the streamer's; its lines are merged and shown on corrected "
+            "time (its own file keeps its stamps)",
+            "WARNING",
+        )
     ]
     assert clock.report("node1", -HOUR + 2 * MS, 100_000) == (2 * MS, [])
     assert clock.report("node1", -HOUR + 2 * MS + 10_000, 100_000) == (0, [])  # noise: stays
@@ -52,6 +56,14 @@ def test_a_clock_behind_a_change_past_a_second_and_a_return_are_told() -> None:
         -7 * S,
         [("node n1's clock agrees with the streamer's again (within 1 s)", "INFO")],
     )
+
+
+def test_a_clock_changing_at_every_ping_is_told_ten_times_then_only_applied() -> None:
+    """A peer whose offset swings by seconds at every ping is told of ten times (the last says so), then silently."""
+    clock = NodeClock()
+    told = [clock.report("n1", (i % 2) * 5 * S, 0)[1] for i in range(1, 30)]
+    assert sum(map(len, told)) == 10 and told[9][0][0].endswith("; further changes of its clock are not told")
+    assert clock.offset == 5 * S, "every change is still applied"
 
 
 @pytest.mark.parametrize(

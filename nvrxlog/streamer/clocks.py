@@ -33,6 +33,8 @@ FUTURE_NS = CLOCK_SLACK_NS
 NOISE_NS = 1_000_000
 #: An offset past this is told in the cluster file.
 NOTICE_NS = 10**9
+#: Changes told per node: a peer reporting a new offset in every ping cannot flood the file.
+_TOLD_CHANGES = 10
 #: A report past this (about 36 years) is no clock: malformed.
 MAX_OFFSET_NS = 1 << 60
 # What a stamp can be (what orjson reads and writes): a corrected stamp stays in it.
@@ -45,6 +47,7 @@ class NodeClock:
 
     offset: int = 0  # ns to add to the node's stamps for the streamer's time (0: unknown, or within noise)
     told: int = 0  # the offset the cluster file last told of (0: none)
+    tellings: int = 0  # how many times it was told
     future: int = 0  # its records merged by arrival, stamped too far ahead
 
     def report(self, node: str, offset: object, rtt: object) -> tuple[int, list[tuple[str, str]]]:
@@ -64,14 +67,17 @@ class NodeClock:
 
     def _notices(self, node: str) -> list[tuple[str, str]]:
         """Tell of an offset past a second, or of one that changed by more than a second since told."""
-        if abs(self.offset - self.told) <= NOTICE_NS:
+        if abs(self.offset - self.told) <= NOTICE_NS or self.tellings >= _TOLD_CHANGES:
             return []
+        self.tellings += 1
+        more = "; further changes of its clock are not told" if self.tellings == _TOLD_CHANGES else ""
         self.told = self.offset if abs(self.offset) > NOTICE_NS else 0
         if not self.told:
-            return [(f"node {node}'s clock agrees with the streamer's again (within 1 s)", "INFO")]
+            return [(f"node {node}'s clock agrees with the streamer's again (within 1 s){more}", "INFO")]
         ahead = -self.offset / 1e9  # the offset is the streamer's clock minus the node's
         where = f"{ahead:+.1f} s ahead of" if ahead > 0 else f"{-ahead:.1f} s behind"
-        return [(f"node {node}'s clock is {where} the streamer's; its lines are merged on corrected time", "WARNING")]
+        text = f"node {node}'s clock is {where} the streamer's; its lines are merged and shown on corrected time"
+        return [(f"{text} (its own file keeps its stamps){more}", "WARNING")]
 
 
 def corrected(stamps: list[int], offset: int) -> list[int]:
