@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -21,6 +22,17 @@ from nvrxlog.wire.protocol import BATCH, hello
 _HOUR = 3600
 _TEN_YEARS_NS = 10 * 365 * 86400 * 10**9
 SKEWED = str(HERE / "_skewed_clock.py")
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts; whatever it ends with, none goes on running."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def _node(tmp_path: Path, node: str, streamer: str, skew: float, count: int) -> list[subprocess.Popen]:
@@ -44,7 +56,9 @@ def _records(path: Path) -> list[dict]:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("relayed", [False, True], ids=["direct", "through-a-relay"])
-def test_a_node_an_hour_ahead_is_merged_promptly_on_corrected_time(tmp_path: Path, relayed: bool) -> None:
+def test_a_node_an_hour_ahead_is_merged_promptly_on_corrected_time(
+    tmp_path: Path, relayed: bool, started: list[subprocess.Popen]
+) -> None:
     """node1's clock is an hour ahead: its lines reach the cluster file as it logs, in time order with node0's.
 
     Through a relay, the relay corrects (it is the one node1 talks to) and
@@ -58,9 +72,9 @@ def test_a_node_an_hour_ahead_is_merged_promptly_on_corrected_time(tmp_path: Pat
         if relayed:
             relay = Streamer("tcp://127.0.0.1:0", str(tmp_path / "relay.log"), forward=entry, name="relay1")
             entry = stack.enter_context(relay).endpoint
-        (agg0, rank0), (agg1, rank1) = (
-            _node(tmp_path, f"node{n}", entry, skew, count) for n, skew in ((0, 0), (1, _HOUR))
-        )
+        for n, skew in ((0, 0), (1, _HOUR)):
+            started += _node(tmp_path, f"node{n}", entry, skew, count)
+        agg0, rank0, agg1, rank1 = started
         for rank in (rank0, rank1):
             assert rank.wait(timeout=60) == 0
         done = time.monotonic()
