@@ -344,6 +344,7 @@ def _stream(args: argparse.Namespace) -> int:
         ("duplicates", "resent records dropped as duplicates"),
         ("late", "records written late (their node lagged past --max-hold)"),
         ("bad_frames", "malformed messages or records dropped"),
+        ("future_stamps", "records stamped over 1 s past the streamer's clock (corrected), merged by arrival"),
         ("refused", "hellos refused (protocol version, size, a node already connected)"),
         ("over_credit", "batches refused from peers that sent past their credit"),
     ):

@@ -7,6 +7,10 @@ and formatted column by column in C right after decoding; resends and
 anything unusual go record by record. Everything that can find a batch
 malformed runs before anything of it is taken as received, so a dropped
 batch leaves no trace that its resend would be taken as a duplicate of.
+
+Stamps are corrected by the sending node's clock offset on the way in (a
+whole column at once) and merge on the corrected time; one stamped too far
+ahead merges by its arrival (``clocks.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from nvrxlog.core.cursor import JUMP_FLOOR, WriterCursor, plausible_jump
 from nvrxlog.core.lines import LineFormat
 from nvrxlog.core.record import text_messages, texts
 from nvrxlog.core.report import safe_repr
+from nvrxlog.streamer.clocks import corrected, corrected_ts, future_limit, merge_keys
 from nvrxlog.streamer.merge import Chunk
 from nvrxlog.wire.columns import COLUMNS, read_profile, unpack
 
@@ -41,9 +46,10 @@ class Batch(NamedTuple):
     """One ingested batch: what to merge, and what its acknowledgement waits for."""
 
     seq: int  # the node's batch seq
-    watermark: int  # the node has handed over everything up to this time
+    watermark: int  # the node has handed over everything up to this time (the node's clock)
     chunk: Chunk  # its new records
-    newest: int  # the newest time among its records not yet written (-1: none)
+    newest: int  # the newest merge key among its records not yet written (-1: none)
+    future: int = 0  # new records stamped too far ahead: merged by arrival
 
 
 def record_key(node: str, writer: object) -> str:
@@ -95,21 +101,28 @@ class Ingest:
         self.per_rank: Counter[tuple] = Counter()
         self.levels: Counter[tuple] = Counter()
 
-    def batch(self, node: str, payload: bytes) -> Batch:
-        """Ingest one batch payload from ``node``; raises ValueError/KeyError/TypeError if malformed."""
+    def batch(self, node: str, payload: bytes, *, offset: int = 0, arrival: int | None = None) -> Batch:
+        """Ingest one batch payload from ``node``; raises ValueError/KeyError/TypeError if malformed.
+
+        ``offset`` (ns) is added to the node's stamps (its clock's
+        correction); ``arrival`` (the streamer's clock, now by default) is
+        the merge key of records stamped too far ahead of it.
+        """
         batch = orjson.loads(payload)
         seq = batch["b"]
         watermark = batch.get("c", 0)
         if type(seq) is not int or type(watermark) is not int:
             raise TypeError("a batch needs an int 'b' and an int 'c'")
+        if arrival is None:
+            arrival = time.time_ns()
         if "t" in batch:
-            chunk, newest = self._columns(node, batch)
+            chunk, newest, future = self._columns(node, batch, offset, arrival)
         else:
             records = batch["r"]
             if type(records) is not list:
                 raise TypeError("a batch needs columns or a list 'r'")
-            chunk, newest = self.records(node, records)
-        return Batch(seq, watermark, chunk, newest)
+            chunk, newest, future = self.records(node, records, offset, arrival)
+        return Batch(seq, watermark, chunk, newest, future)
 
     def name(self, raw: object) -> str:
         """A node name from the network, sanitised (names reach file names and lines), cached.
@@ -127,20 +140,27 @@ class Ingest:
             self._names[text] = name
         return name
 
-    def _columns(self, node: str, body: dict) -> tuple[Chunk, int]:
-        """The new records of a packed batch (see ``columns``), checked and formatted column by column."""
+    def _columns(self, node: str, body: dict, offset: int, arrival: int) -> tuple[Chunk, int, int]:
+        """The new records of a packed batch (see ``columns``), checked and formatted column by column.
+
+        Its stamps corrected by ``offset``, merged at them (or at
+        ``arrival``, stamped too far ahead); the newest merge key; how many
+        were too far ahead.
+        """
         columns = [body[name] for name in COLUMNS]
         entries, levels, files = body["P"], body["L"], body["F"]
-        ts, seqs, p, lv, fi, line_numbers, msgs = columns
-        n = len(ts)
+        stamps, seqs, p, lv, fi, line_numbers, msgs = columns
+        n = len(stamps)
         if any(type(column) is not list or len(column) != n for column in columns):
             raise TypeError("a batch's columns must be lists of one length")
         if not n:
-            return Chunk.of([]), -1
+            return Chunk.of([]), -1, 0
         # Checked in C: a sum of ints is an int (a float or a string is not).
-        for column in (ts, seqs, p, lv, fi):
+        for column in (stamps, seqs, p, lv, fi):
             if type(sum(column)) is not int:
                 raise TypeError("a batch's times, seqs and indexes must be ints")
+        ts = corrected(stamps, offset)  # what the lines show
+        merge, future = merge_keys(ts, arrival)
         "".join(levels)  # checked in C: levels are strings (they are counted and shown)
         for index, table in ((p, entries), (lv, levels), (fi, files)):
             if type(table) is not list or min(index) < 0 or max(index) >= len(table):
@@ -167,8 +187,8 @@ class Ingest:
                 n,
             )
         keys = list(map(keys_of.__getitem__, p))
-        if not self._all_new(keys, seqs, ts):
-            return self.records(node, unpack(body))
+        if not self._all_new(keys, seqs, merge):
+            return self.records(node, unpack(body), offset, arrival)
         # Counted in C, ints only; a few entries each.
         for pi, count in Counter(p).items():
             self.per_rank[nodes_of[pi], ranks_of[pi]] += count
@@ -180,11 +200,12 @@ class Ingest:
                 self.levels[nodes_of[pi], levels[li]] += count
         records: list = [None] * n
         if lines is None or self._keep_records():
+            body["t"] = ts  # the records (a relay's, the live view's) carry the corrected time
             records = unpack(body)
             any(map(setitem, records, repeat("node"), map(nodes_of.__getitem__, p)))
             if lines is None:
                 lines = self.lines.lines(records)
-        return Chunk(ts, keys, seqs, records, lines), ts[-1]
+        return Chunk(merge, keys, seqs, records, lines), merge[-1], future
 
     def _not_text(self, node: str, count: int) -> None:
         """Count and say that ``count`` messages from ``node`` were not text (they are shown bounded)."""
@@ -234,22 +255,31 @@ class Ingest:
                 "(a peer claiming to be it?); further ones of this writer are counted, not named"
             )
 
-    def records(self, node: str, records: list) -> tuple[Chunk, int]:
-        """Check and de-duplicate record by record; the new ones, and the newest time not yet written."""
+    def records(self, node: str, records: list, offset: int = 0, arrival: int | None = None) -> tuple[Chunk, int, int]:
+        """Check and de-duplicate record by record: the new ones, the newest merge key not yet written.
+
+        And how many new ones were stamped too far ahead. ``offset`` and
+        ``arrival`` as for ``batch``; each record's ``ts`` is corrected in place.
+        """
         self._not_text(node, text_messages(records))
         written, cursors = self.written, self.cursors
         items: list[tuple] = []
         keys: dict[object, str] = {}  # writer -> "node|writer", per batch (a batch holds few writers)
+        if arrival is None:
+            arrival = time.time_ns()
+        limit = future_limit(arrival)
         newest = -1
         bad = 0
         duplicates = 0
-        now_ns = time.time_ns()
+        future = 0
         for record in records:
             try:
                 rseq = record["seq"]
                 ts = record["ts"]
                 if type(rseq) is not int or type(ts) is not int:
                     raise TypeError
+                if offset:
+                    record["ts"] = ts = corrected_ts(ts, offset)
                 writer = record.get("w", "?")
                 raw = record.get("node")
                 if raw is None:
@@ -263,11 +293,15 @@ class Ingest:
             cursor = cursors.get(key)
             if cursor is None:
                 cursor = cursors[key] = WriterCursor()
-            if rseq > cursor.seq + JUMP_FLOOR and not plausible_jump(cursor.seq, cursor.key, rseq, ts, now_ns):
+            if rseq > cursor.seq + JUMP_FLOOR and not plausible_jump(cursor.seq, cursor.key, rseq, ts, arrival):
                 self._implausible(key, cursor.seq, rseq)
                 continue
+            ahead = ts > limit
+            if ahead:
+                ts = arrival  # stamped too far ahead: merged by arrival (see clocks.py)
             merge_key = cursor.admit(rseq, ts)
             if merge_key is not None:
+                future += ahead
                 if merge_key > newest:
                     newest = merge_key
                 if raw is None:
@@ -279,7 +313,7 @@ class Ingest:
                 continue
             duplicates += 1
             if rseq > written.get(key, -1) and ts > newest:
-                newest = ts  # held for merging already: its ack waits for it
+                newest = ts  # held for merging already (at or before this): its ack waits for it
         self.stats["duplicates"] += duplicates
         if bad:
             self.stats["bad_frames"] += bad
@@ -287,4 +321,4 @@ class Ingest:
         if items:
             lines = self.lines.lines([item[3] for item in items])
             items = [(*item, line) for item, line in zip(items, lines, strict=True)]
-        return Chunk.of(items), newest
+        return Chunk.of(items), newest, future

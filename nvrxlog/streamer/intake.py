@@ -3,7 +3,10 @@
 Every message a node (or ``nvrxlog tail``) sends on the ROUTER is judged
 here: a hello is checked and welcomed with credit or refused with a reason,
 batches go through ``ingest.py`` into the merge buffer and wait for their
-acks in ``sessions.py``, pings advance watermarks. The streamer's own lines
+acks in ``sessions.py``, pings advance watermarks. A hello or ping stamped
+with the node's clock is answered with the stamp and the streamer's clock, so
+the node can estimate its offset, which it reports in its pings
+(``clocks.py``). The streamer's own lines
 (notices) enter the same merge buffer as one more writer, so they are
 written in time order and de-duplicated like any other. The caller sends
 the reply, if any, and owns the sockets; this is testable with plain frames.
@@ -21,6 +24,7 @@ from nvrxlog.core.cursor import WriterCursor
 from nvrxlog.core.lines import LineFormat
 from nvrxlog.core.record import notice_record
 from nvrxlog.core.report import describe
+from nvrxlog.streamer.clocks import FUTURE_NS
 from nvrxlog.streamer.ingest import MALFORMED, Ingest, batch_seq, record_key
 from nvrxlog.streamer.merge import Chunk, MergeBuffer
 from nvrxlog.streamer.sessions import Session, Sessions
@@ -68,6 +72,7 @@ class Intake:
     ) -> None:
         self.stats = stats
         self.max_message = max_message  # told to every node: a larger message would drop its connection
+        stats.setdefault("future_stamps", 0)  # records merged by arrival, stamped too far ahead
         self.sessions = Sessions(credit_bytes=credit_bytes, idle_timeout=idle_timeout)
         # Records held for merging, as sorted chunks (one per batch): a flush
         # takes what is ready from each chunk and sorts only that, instead of
@@ -118,9 +123,12 @@ class Intake:
                     self._batch(session, payload)
             elif kind == PING and session is not None:
                 self.notices(sessions.seen(session.node, now))
-                if len(frames) == 3:
+                # [P], [P, watermark], or [P, watermark or b"", clock]: the
+                # clock first, so the watermark is corrected by its offset.
+                pong = self._clock(peer, session, frames[3]) if len(frames) >= 4 else [peer, PING]
+                if len(frames) >= 3 and frames[2]:
                     sessions.advance(session.node, int(frames[2]))
-                return [peer, PING]
+                return pong
             elif kind == HELLO and len(frames) == 3:
                 return self._hello(peer, frames[2], now)
             elif kind == QUIT and session is not None:
@@ -145,6 +153,7 @@ class Intake:
         problem = hello_size_problem(len(body))
         if problem is not None:  # not parsed: its name would cost memory as large as the frame
             return self._refuse(peer, "a peer", problem)
+        t1 = time.time_ns()
         hello = orjson.loads(body)
         node = self.ingest.name(hello["node"])
         problem = version_problem(hello)
@@ -159,7 +168,22 @@ class Intake:
         credit, notices = self.sessions.hello(peer, node, now, sid)
         self.notices(notices)
         self.stats["nodes"] = self.sessions.nodes
-        return [peer, WELCOME, orjson.dumps({"credit": credit, "max": self.max_message})]
+        welcome = {"credit": credit, "max": self.max_message}
+        if type(hello.get("t")) is int:  # stamped: the first sample of the node's clock offset
+            welcome.update(t0=hello["t"], t1=t1)
+        return [peer, WELCOME, orjson.dumps(welcome)]
+
+    def _clock(self, peer: bytes, session: Session, frame: bytes) -> list[bytes]:
+        """Take a ping's clock part (its stamp, the node's offset estimate); the pong, echoing the stamp."""
+        t1 = time.time_ns()
+        clock = orjson.loads(frame)
+        if type(clock) is not dict:
+            raise TypeError("a ping's clock part must be an object")
+        if "o" in clock:
+            self.notices(self.sessions.report_clock(session.node, clock["o"], clock.get("r")))
+        if type(clock.get("t")) is not int:
+            return [peer, PING]
+        return [peer, PING, orjson.dumps({"t0": clock["t"], "t1": t1})]
 
     def _refuse(self, peer: bytes, who: str, problem: str, *, retry: str = "") -> list[bytes]:
         """Refuse ``peer``'s hello with ``problem``, said in the output.
@@ -194,15 +218,30 @@ class Intake:
 
     def _batch(self, session: Session, payload: bytes) -> None:
         """Take one batch payload of a message; each is judged alone, so a bad one costs only itself."""
+        sessions = self.sessions
         try:
-            batch = self.ingest.batch(session.node, payload)
+            batch = self.ingest.batch(session.node, payload, offset=sessions.offset(session.node))
         except MALFORMED as exc:
             self._dropped(session, payload, exc)
             return
         self.pending.add(batch.chunk)
         self.stats["batches"] += 1
         session.expect_ack(batch.seq, batch.newest, len(payload))
-        self.sessions.advance(session.node, batch.watermark)
+        sessions.advance(session.node, batch.watermark)
+        if batch.future:
+            self._ahead(session.node, batch.future)
+
+    def _ahead(self, node: str, count: int) -> None:
+        """Count records of ``node`` merged by arrival, stamped too far ahead; said once per node."""
+        self.stats["future_stamps"] += count
+        clock = self.sessions.clock(node)
+        if not clock.future:
+            self.notice(
+                f"records from {node} are stamped more than {FUTURE_NS / 1e9:g} s ahead of the streamer's clock "
+                "(after correcting for its clock's offset); they are merged by arrival, shown with their own stamps "
+                "(this is said once; they are counted)"
+            )
+        clock.future += count
 
     def _dropped(self, session: Session, payload: bytes, exc: BaseException) -> None:
         """Count and name a dropped batch; its ack (and every later one) waits for the notice to be written."""

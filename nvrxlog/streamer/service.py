@@ -91,6 +91,7 @@ class Streamer(Service):
             "dropped_batches": 0,
             "over_credit": 0,
             "write_failures": 0,
+            "future_stamps": 0,
         }
         self.errors = ErrorCounter(f"streamer {self.name}")
         self.checkpoint_path = os.path.join(os.path.dirname(self.out_path), f".{os.path.basename(self.out_path)}.ckpt")

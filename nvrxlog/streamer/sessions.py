@@ -9,11 +9,16 @@ cumulative, so holding its ack back would hold every later batch's too and
 the node would resend it forever; acknowledging it only after the notice
 keeps "an ack means written" true of the drop's record. A node silent past the idle timeout is marked
 gone (and stops holding the others back) until it is heard again.
+
+Watermarks are kept in the streamer's time: a node's are corrected by its
+clock's offset (``clocks.py``), and move with it when the offset does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from nvrxlog.streamer.clocks import NodeClock
 
 __all__ = ["Session", "Sessions"]
 
@@ -63,6 +68,7 @@ class Sessions:
         self.watermarks: dict[str, int] = {}  # node -> it has handed over everything up to this time
         self.last_seen: dict[str, float] = {}
         self.gone: set[str] = set()
+        self.clocks: dict[str, NodeClock] = {}  # node -> its clock, once it reported one or stamped ahead
 
     def get(self, peer: bytes) -> Session | None:
         """The session of ``peer``, if it said hello."""
@@ -117,6 +123,7 @@ class Sessions:
             return []
         self.watermarks.pop(session.node, None)
         self.last_seen.pop(session.node, None)
+        self.clocks.pop(session.node, None)
         self.gone.discard(session.node)  # finished is not gone: a later hello is a new start, not a return
         return [(f"node {session.node} finished", "INFO")]
 
@@ -129,9 +136,36 @@ class Sessions:
         return []
 
     def advance(self, node: str, watermark: int) -> None:
-        """``node`` has handed over everything up to ``watermark`` (watermarks never go back)."""
+        """``node`` has handed over everything up to ``watermark`` (its clock; watermarks never go back)."""
+        clock = self.clocks.get(node)
+        if clock is not None:
+            watermark += clock.offset
         if watermark > self.watermarks.get(node, 0):
             self.watermarks[node] = watermark
+
+    def offset(self, node: str) -> int:
+        """What to add to ``node``'s stamps for the streamer's time (0 until it reports an offset)."""
+        clock = self.clocks.get(node)
+        return 0 if clock is None else clock.offset
+
+    def clock(self, node: str) -> NodeClock:
+        """``node``'s clock (a new one, no offset, if it has not reported one)."""
+        clock = self.clocks.get(node)
+        if clock is None:
+            clock = self.clocks[node] = NodeClock()
+        return clock
+
+    def report_clock(self, node: str, offset: object, rtt: object) -> list[tuple[str, str]]:
+        """``node`` estimates the streamer's clock minus its own at ``offset`` ns (round trip ``rtt``); notices.
+
+        Its watermark moves with the offset applied: it was the node's
+        time plus the old offset. Raises TypeError/ValueError for a report
+        that is no clock (see ``NodeClock.report``).
+        """
+        moved, notices = self.clock(node).report(node, offset, rtt)
+        if moved and node in self.watermarks:
+            self.watermarks[node] += moved
+        return notices
 
     def check_idle(self, now: float) -> list[tuple[str, str]]:
         """Mark nodes silent past the idle timeout as gone."""

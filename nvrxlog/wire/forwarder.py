@@ -4,7 +4,10 @@
 and returns at once; the forwarder's thread, sole owner of its DEALER socket,
 sends within the streamer's credit, deletes what is acknowledged, and resends
 after a reconnect. What to do when is decided by ``Link`` (``link.py``); the
-messages are described in ``protocol.py``.
+messages are described in ``protocol.py``. Its hello and pings carry this
+node's clock, so it keeps an estimate of the streamer's clock minus its own
+(``clock.py``) and reports it in every ping, the first before any batch of a
+session: the streamer merges this node's records on its own time.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from nvrxlog.core.record import notice_record
 from nvrxlog.core.watermark import batch_watermarks
 from nvrxlog.errors import ConfigError, LifecycleError, TransportError
 from nvrxlog.wire.batching import MAX_BATCH_BYTES, split_batches
+from nvrxlog.wire.clock import ClockEstimate
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.link import Link, LinkState
 from nvrxlog.wire.losses import LossLedger
@@ -81,6 +85,9 @@ class Forwarder:
         # A context may be shared (it is thread-safe); each socket stays in one thread.
         self._context = context
         self.link = Link(heartbeat=heartbeat, liveness=liveness, now=time.monotonic())
+        #: The streamer's clock minus ours, from the answers to our hellos and pings.
+        self.clock = ClockEstimate()
+        self._tell_clock = False  # a session began: report the estimate before any batch
         #: Every record up to this time (ns) has been submitted; set by the producer.
         self.watermark = 0
         self.stats: dict[str, int] = {"sent": 0, "acked_batches": 0, "resets": 0, "reconnects": 0, "dropped": 0}
@@ -194,6 +201,7 @@ class Forwarder:
 
     def _handle(self, frames: list[bytes], now: float) -> None:
         """Act on one message from the streamer."""
+        t3 = time.time_ns()  # first: the clock sample's time of arrival
         link = self.link
         link.heard(now)
         kind = frames[0]
@@ -207,9 +215,14 @@ class Forwarder:
             if self._turned_away:
                 self._turned_away = False
                 self._notice(f"the streamer {self.endpoint} took this node after all")
-            body = orjson.loads(frames[1])
-            if link.welcome(int(body["credit"]), announced_max(body)):
+            welcome = orjson.loads(frames[1])
+            self.clock.add(welcome.get("t0"), welcome.get("t1"), t3)
+            if link.welcome(int(welcome["credit"]), announced_max(welcome)):
                 self._rewind()  # resend everything unacknowledged, in order
+                self._tell_clock = True
+        elif kind == PING and len(frames) > 1:  # a pong answering our clock
+            pong = orjson.loads(frames[1])
+            self.clock.add(pong.get("t0"), pong.get("t1"), t3)
         elif kind == RESET:
             link.reset(now)
             self.stats["resets"] += 1
@@ -253,6 +266,10 @@ class Forwarder:
             size += len(payload)
             last = seq
         return frames, last
+
+    def _clock_frame(self) -> bytes:
+        """A ping's clock part: stamped now, with our estimate of the streamer's clock."""
+        return orjson.dumps(self.clock.report(time.time_ns()))
 
     def _ack_saved(self, problem: OSError | None, now: float) -> None:
         """Note how saving the acknowledged position went: a failure is reported once and retried later."""
@@ -314,7 +331,6 @@ class Forwarder:
         # pyzmq's poll names a non-socket by its descriptor, never by the object registered.
         wake = self._wake.fileno()
         poller.register(wake, zmq.POLLIN)
-        hello_frames = hello(self.node_id, self.spool.identity)
         warned = False
         while True:
             now = time.monotonic()
@@ -326,7 +342,7 @@ class Forwarder:
                     _try_send(sock, [QUIT])
                 return
             if link.hello_due(now):
-                link.said_hello(now, _try_send(sock, hello_frames))
+                link.said_hello(now, _try_send(sock, hello(self.node_id, self.spool.identity, now_ns=time.time_ns())))
             if not warned and link.waited_past(now, self.warn_after):
                 warned = True
                 self._notice(
@@ -348,6 +364,10 @@ class Forwarder:
                 self._ack_saved(spool.save_acked(), now)
             if link.ready:
                 self._report_loss()
+                if self._tell_clock and self.clock.best is not None:
+                    # Before the session's first batch, so its stamps are corrected
+                    # (a DEALER delivers in order). No watermark: batches are not sent yet.
+                    self._tell_clock = not _try_send(sock, [PING, b"", self._clock_frame()])
             while link.has_room():
                 frames, last = self._message()
                 if not last:
@@ -365,7 +385,7 @@ class Forwarder:
             watermark = self.watermark
             ping = link.ping(now, watermark, spool.all_sent)
             if ping is not None:
-                _try_send(sock, [PING, ping] if ping else [PING])
+                _try_send(sock, [PING, ping, self._clock_frame()])
             for item, _ in poller.poll(link.poll_timeout(now) * 1000):
                 if item == wake:
                     self._wake.drain()

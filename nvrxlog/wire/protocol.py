@@ -5,17 +5,23 @@ Every message is a multipart ZeroMQ message whose first frame is its kind:
 ==========  ======================  ===============================================
 direction   kind                    payload (orjson unless said otherwise)
 ==========  ======================  ===============================================
-node ->     ``H`` hello             ``{"node": id, "v": PROTOCOL_VERSION, "sid": spool identity}``
+node ->     ``H`` hello             ``{"node": id, "v": PROTOCOL_VERSION, "sid": spool identity}``,
+                                    optional ``"t"``: the node's clock (ns) when sent
 node ->     ``B`` batches           one or more spool lines (a frame each):
                                     ``{"b": seq, "c": watermark, "n": count, ...}``, the
                                     records as columns (``columns``) or as ``"r": [...]``
-node ->     ``P`` ping              optional watermark (ascii ns) once every batch is sent
+node ->     ``P`` ping              optional watermark (ascii ns; ``b""``: none) once every
+                                    batch is sent; then optionally the clock:
+                                    ``{"t": node's clock when sent, "o": offset, "r": rtt}``
+                                    (``"o"``, ``"r"`` in ns once the node has an estimate)
 node ->     ``Q`` quit              none: everything is acknowledged and nothing more will come
 anyone ->   ``T`` tail info         none
 -> node     ``W`` welcome           ``{"credit": bytes of batches in flight allowed,
-                                    "max": the largest message it takes, in bytes}``
+                                    "max": the largest message it takes, in bytes}``, and
+                                    ``"t0"``: the hello's ``"t"``, ``"t1"``: the streamer's
+                                    clock on receipt, if the hello had ``"t"``
 -> node     ``A`` ack               ``{"acked": seq}``: batches up to seq are durable
--> node     ``P`` pong              none
+-> node     ``P`` pong              none, or ``{"t0": the ping's "t", "t1": the streamer's clock}``
 -> node     ``R`` reset             none: "say hello first" (e.g. after a restart)
 -> node     ``X`` refused           ``{"reason": text, "v": the streamer's version, "retry": bool}``
 -> anyone   ``I`` info              ``{"pub": endpoint of the live PUB socket}``
@@ -43,6 +49,14 @@ name; run with CURVE on any network others can reach.
 A watermark says "this node has handed over every record up to this time";
 the streamer writes up to the lowest watermark of its live nodes, so lines
 from different nodes come out in time order however late each arrives.
+
+Clocks: ``"t"``, ``"t0"``, ``"t1"`` let the node estimate the streamer's clock
+minus its own, NTP-style (``wire/clock.py``); it reports that ``"o"`` (and its
+round trip ``"r"``) in its pings, the first right after the welcome, before
+any batch. The streamer adds the offset to the node's stamps and watermarks
+(``streamer/clocks.py``). Every clock field is optional: a peer without them
+is not corrected, and a record stamped far ahead of the streamer's clock is
+merged by its arrival whatever the peer.
 """
 
 from __future__ import annotations
@@ -80,9 +94,13 @@ MAX_MESSAGE_BYTES = 64 << 20
 MAX_HELLO_BYTES = 4096
 
 
-def hello(node_id: str, sid: str = "") -> list[bytes]:
-    """The frames of a node's hello (``sid``: its spool's identity)."""
-    return [HELLO, orjson.dumps({"node": node_id, "v": PROTOCOL_VERSION, "sid": sid})]
+def hello(node_id: str, sid: str = "", *, now_ns: int | None = None) -> list[bytes]:
+    """The frames of a node's hello (``sid``: its spool's identity); stamped with ``now_ns`` (its clock),
+    the welcome answers with the streamer's."""
+    body: dict[str, object] = {"node": node_id, "v": PROTOCOL_VERSION, "sid": sid}
+    if now_ns is not None:
+        body["t"] = now_ns
+    return [HELLO, orjson.dumps(body)]
 
 
 def announced_max(welcome_body: dict) -> int:
