@@ -28,6 +28,7 @@ import psutil
 import zmq
 
 from benchmarks._table import cli, machine, table
+from nvrxlog.wire.protocol import PROTOCOL_VERSION
 
 HERE = Path(__file__).resolve().parent
 _TEN_YEARS_NS = 10 * 365 * 86_400 * 10**9
@@ -51,13 +52,14 @@ def _hostile(endpoint: str, stop: threading.Event, sent: Counter) -> None:
     record.update({"pid": 1, "file": "evil.py", "line": 1, "w": "steady"})
     try:
         while not stop.is_set():
-            sock.send_multipart([b"H", orjson.dumps({"node": "soak0", "v": 3, "sid": "f" * 32})])  # a node's name
-            sock.send_multipart([b"H", orjson.dumps({"node": "evil", "v": 3, "sid": "e" * 32})])
+            # A live node's name first (refused), then one of its own.
+            sock.send_multipart([b"H", orjson.dumps({"node": "soak0", "v": PROTOCOL_VERSION, "sid": "f" * 32})])
+            sock.send_multipart([b"H", orjson.dumps({"node": "evil", "v": PROTOCOL_VERSION, "sid": "e" * 32})])
             for _ in range(20):
                 batch += 1
                 future = time.time_ns() + _TEN_YEARS_NS
                 records = [dict(record, seq=batch * 1000 + i, ts=future, msg="future") for i in range(200)]
-                records.append(dict(record, seq=10**15 + batch, ts=time.time_ns(), msg="jump"))
+                records.append(dict(record, seq=10**15 * batch, ts=time.time_ns(), msg="jump", w="jumper"))
                 frames = [b"B", orjson.dumps({"b": batch, "c": future, "n": 201, "r": records})]
                 frames += [os.urandom(200), b"{broken", b"[" * 3000]
                 try:

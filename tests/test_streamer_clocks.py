@@ -11,7 +11,7 @@ from test_streamer_intake import PEER, _intake, _notices
 
 from nvrxlog.streamer.clocks import FUTURE_NS, NodeClock, corrected, corrected_ts, merge_keys
 from nvrxlog.streamer.sessions import Sessions
-from nvrxlog.wire.protocol import BATCH, PING, WELCOME, hello
+from nvrxlog.wire.protocol import BATCH, PING, hello
 
 S = 10**9
 MS = 1_000_000
