@@ -347,6 +347,7 @@ def _stream(args: argparse.Namespace) -> int:
         ("future_stamps", "records stamped over 1 s past the streamer's clock (corrected), merged by arrival"),
         ("refused", "hellos refused (protocol version, size, a node already connected)"),
         ("over_credit", "batches refused from peers that sent past their credit"),
+        ("implausible_seqs", "records refused: a seq further ahead than their writer could be"),
     ):
         if stats.get(key):
             print(f"  {stats[key]:,} {text}")
