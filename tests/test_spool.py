@@ -11,6 +11,7 @@ import orjson
 import pytest
 from conftest import fill_disk, mounted_tmpfs
 
+from nvrxlog.wire.forwarder import Forwarder
 from nvrxlog.wire.spool import Spool
 
 
@@ -122,3 +123,46 @@ def test_a_spool_keeps_its_identity_across_restarts_and_a_new_one_gets_its_own(t
     assert Spool(str(tmp_path / "b")).identity != identity
     (tmp_path / "a" / "id").write_text("not an identity\n")
     assert Spool(str(tmp_path / "a")).identity not in (identity, "not an identity")
+
+
+def test_every_batch_names_its_spool_run_and_a_reopened_spool_is_another_run(tmp_path: Path) -> None:
+    """Batches carry the run of the spool that wrote them, also when a later run resends them; runs differ."""
+    spool = Spool(str(tmp_path))
+    _fill(spool, 3)
+    first = spool.run
+    assert [orjson.loads(spool.next_batch()[1])["o"] for _ in range(3)] == [first] * 3
+    spool.close()
+    again = Spool(str(tmp_path))
+    assert again.run != first and len(again.run) <= 64
+    _fill(again, 1)
+    runs = []
+    while (batch := again.next_batch()) is not None:
+        runs.append((batch[0], orjson.loads(batch[1])["o"]))
+    assert runs == [(1, first), (2, first), (3, first), (4, again.run)], "a resent batch keeps its own run"
+    again.close()
+
+
+def test_ended_writers_are_named_in_their_batch_only(tmp_path: Path) -> None:
+    """``ended`` goes into its batch as ``"e"``; a batch that ends no writer has no ``"e"``."""
+    spool = Spool(str(tmp_path))
+    spool.append([{"seq": 0, "ts": 1, "msg": "last"}], watermark=1, ended=["w0", ["w1", "n9"]])
+    spool.append([], watermark=1)
+    one, two = (orjson.loads(spool.next_batch()[1]) for _ in range(2))
+    assert one["e"] == ["w0", ["w1", "n9"]] and "e" not in two
+    spool.close()
+
+
+def test_a_submit_names_the_writers_ended_in_its_last_batch_or_an_empty_one(tmp_path: Path) -> None:
+    """Forwarder.submit puts ``ended`` in the last batch it spools; with no records, in one empty batch."""
+    forwarder = Forwarder("tcp://127.0.0.1:1", "n0", str(tmp_path / "spool"))
+    forwarder.watermark = 77
+    records = [{"seq": i, "ts": 10 + i, "level": "INFO", "msg": "m", "w": "w0"} for i in range(1500)]
+    forwarder.submit(records, 2000, ["w0"])
+    forwarder.submit([], 0, ["w1"])
+    forwarder.submit([], 0)  # nothing ended, nothing to say: no batch
+    batches = []
+    while (batch := forwarder.spool.next_batch()) is not None:
+        batches.append(orjson.loads(batch[1]))
+    assert [(b["n"], b.get("e")) for b in batches] == [(1000, None), (500, ["w0"]), (0, ["w1"])]
+    assert batches[2]["c"] == 77, "an empty batch promises only the watermark already given"
+    forwarder.spool.close()

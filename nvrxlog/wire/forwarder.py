@@ -122,13 +122,22 @@ class Forwarder:
         """True while the forwarding thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
-    def submit(self, records: list, watermark: int) -> None:
-        """Spool ``records`` (everything up to ``watermark``) and wake the sender."""
+    def submit(self, records: list, watermark: int, ended: list | tuple = ()) -> None:
+        """Spool ``records`` (everything up to ``watermark``) and wake the sender.
+
+        ``ended``: writers whose every record is spooled now, in ``records`` or
+        before (a writer key, or ``[writer, node]`` from a relay); the last
+        batch says so, and the streamer then forgets them. With no records,
+        one empty batch says it, promising only the watermark already given.
+        """
         # Estimated at 4 bytes a character, a quarter of the limit stays under it even escaped (6).
         batches = split_batches(records, max_bytes=min(MAX_BATCH_BYTES, self.link.max_message // 4))
         marks = batch_watermarks([min(r["ts"] for r in batch) for batch in batches], watermark)
-        for batch, mark in zip(batches, marks, strict=True):
-            _, dropped = self.spool.append(batch, mark)
+        if not batches and ended:
+            batches, marks = [[]], [self.watermark]
+        last = len(batches) - 1
+        for i, (batch, mark) in enumerate(zip(batches, marks, strict=True)):
+            _, dropped = self.spool.append(batch, mark, ended=ended if i == last else ())
             if dropped:
                 self._spool_full(dropped)
         self._wake.poke()

@@ -9,7 +9,10 @@ node ->     ``H`` hello             ``{"node": id, "v": PROTOCOL_VERSION, "sid":
                                     optional ``"t"``: the node's clock (ns) when sent
 node ->     ``B`` batches           one or more spool lines (a frame each):
                                     ``{"b": seq, "c": watermark, "n": count, ...}``, the
-                                    records as columns (``columns``) or as ``"r": [...]``
+                                    records as columns (``columns``) or as ``"r": [...]``;
+                                    optional ``"o"``: the spool run (a short string), and
+                                    ``"e"``: writers whose last record is in this batch or
+                                    an earlier one (a writer, or ``[writer, node]`` relayed)
 node ->     ``P`` ping              optional watermark (ascii ns; ``b""``: none) once every
                                     batch is sent; then optionally the clock:
                                     ``{"t": node's clock when sent, "o": offset, "r": rtt}``
@@ -33,8 +36,12 @@ batch that cannot fit alone is stated lost, its records are in the node's
 file), and on a
 reset, a reconnect or a silent streamer rewinds to the first unacknowledged
 batch. The streamer de-duplicates per record (node, writer, writer seq), so a
-resend can never double a line. A hello of another protocol version, or
-over ``MAX_HELLO_BYTES``, is refused, and both sides say so.
+resend can never double a line. Once a batch naming ended writers (``"e"``)
+is acknowledged the streamer forgets them, keeping instead, per node and
+spool run (``"o"``: one opening of the node's spool, whose seqs only grow),
+the highest batch acknowledged; a resend at or below it is a duplicate as a
+whole. Without ``"o"`` nothing is forgotten. A hello of another protocol
+version, or over ``MAX_HELLO_BYTES``, is refused, and both sides say so.
 
 A node's ``sid`` is made with its spool and kept across its restarts. While
 a node's session is live (heard within the idle timeout), a hello naming

@@ -1,11 +1,16 @@
 """The forwarder's on-disk spool: batches waiting for the streamer's acknowledgement.
 
-Batches are appended as orjson lines (``{"b": seq, "c": watermark, "n": count, ...}``,
-the records packed as columns by ``columns``) to segment files; a segment is
-deleted once every batch in it is acknowledged. The spool is bounded: past
-``max_bytes`` its oldest segment is dropped and the batch range it held is
-returned so the loss can be stated exactly.
-"""
+Batches are appended as orjson lines (``{"b": seq, "c": watermark, "n": count,
+"o": run, ...}``, the records packed as columns by ``columns``) to segment
+files; a segment is deleted once every batch in it is acknowledged. The
+spool is bounded: past ``max_bytes`` its oldest segment is dropped and the
+batch range it held is returned so the loss can be stated exactly.
+
+``run`` names this opening of the spool (random, new each time, unlike the
+``identity`` kept across restarts): seqs only grow within a run, so the
+streamer may drop a resent batch at or below the highest it acknowledged of
+that run whatever happened to the spool since (deleted, its acknowledged
+position lost and seqs reused); a resent batch keeps the run it was spooled in."""
 
 from __future__ import annotations
 
@@ -51,8 +56,11 @@ class _Segment:
     counts: dict[int, int]  # batch seq -> records of the job in it
 
 
-def _batch_line(seq: int, watermark: int, count: int, body: dict) -> bytes:
-    return orjson.dumps({"b": seq, "c": watermark, "n": count, **body}) + b"\n"
+def _batch_line(seq: int, watermark: int, count: int, run: str, ended: list | tuple, body: dict) -> bytes:
+    head = {"b": seq, "c": watermark, "n": count, "o": run}
+    if ended:
+        head["e"] = ended
+    return orjson.dumps({**head, **body}) + b"\n"
 
 
 class Spool:
@@ -63,6 +71,8 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = min(segment_bytes, max(max_bytes // 4, 4096))
         self._lock = threading.Lock()
+        #: This opening of the spool, in every batch appended (see the module docstring).
+        self.run = secrets.token_hex(8)
         os.makedirs(directory, exist_ok=True)
         #: This spool's identity, made with it and kept across restarts: the
         #: streamer tells this node's sessions from another's claiming its name.
@@ -86,22 +96,26 @@ class Spool:
 
     # -- appending (the aggregator's thread) ----------------------------------------
 
-    def append(self, records: list, watermark: int, *, count: int | None = None) -> tuple[int, list[Dropped]]:
+    def append(
+        self, records: list, watermark: int, *, count: int | None = None, ended: list | tuple = ()
+    ) -> tuple[int, list[Dropped]]:
         """Spool one batch; return its seq and any batches dropped to stay in bounds.
 
         Raises OSError with the spool as it was (the batch not in it).
 
         ``watermark``: the node has now handed over every record up to this time.
         ``count``: how many of ``records`` are the job's own (default: all).
+        ``ended``: writers whose last record is in this batch or an earlier one.
         """
         body = pack(records)
         with self._lock:
             seq = self.next_seq
             n = len(records) if count is None else count
             try:
-                data = _batch_line(seq, watermark, n, body)
+                data = _batch_line(seq, watermark, n, self.run, ended, body)
             except TypeError:  # a field nested past orjson's limit (from a file or a peer): spooled bounded
-                data = _batch_line(seq, watermark, n, pack([bounded_record(record) for record in records]))
+                bounded = pack([bounded_record(record) for record in records])
+                data = _batch_line(seq, watermark, n, self.run, ended, bounded)
             if self._fd < 0 or self._segments[self._current].size >= self.segment_bytes:
                 self._roll(seq)
             segment = self._segments[self._current]
