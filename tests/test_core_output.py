@@ -86,6 +86,22 @@ def test_save_then_reopen_returns_the_writers(paths: tuple[str, str]) -> None:
         again.close()
 
 
+def test_floors_saved_with_the_writers_come_back_and_a_save_without_them_keeps_them(paths: tuple[str, str]) -> None:
+    """The streamer's batch floors are saved beside the writers, reopened, and kept by a save that passes none."""
+    out = CheckpointedOutput(*paths)
+    out.open()
+    assert out.floors == {}
+    out.save({"n0|w1": 4}, {"n0": {"run1": 7}})
+    out.save({"n0|w1": 5})
+    out.close()
+    again = CheckpointedOutput(*paths)
+    try:
+        assert again.open() == {"n0|w1": 5}
+        assert again.floors == {"n0": {"run1": 7}}
+    finally:
+        again.close()
+
+
 def test_bytes_written_after_the_last_save_are_cut_back(paths: tuple[str, str]) -> None:
     """Bytes past the checkpoint (written by a process that died before saving) are cut off; cut says how many."""
     out = CheckpointedOutput(*paths)
@@ -145,6 +161,8 @@ def test_unreadable_checkpoint_gives_a_problem_and_starts_afresh(paths: tuple[st
         b'{"version": 1}',  # fields missing
         b'{"version": 1, "out": "x", "out_size": "big", "writers": {}}',
         b'{"version": 1, "out": "x", "out_size": 3, "writers": []}',
+        b'{"version": 1, "out": "x", "out_size": 3, "writers": {}, "floors": {"n": {"r": "high"}}}',
+        b'{"version": 1, "out": "x", "out_size": 3, "writers": {}, "floors": [1]}',
     ],
 )
 def test_malformed_checkpoint_gives_a_problem(paths: tuple[str, str], content: bytes) -> None:
@@ -177,15 +195,17 @@ def test_checkpoint_of_another_file_is_not_applied(paths: tuple[str, str], tmp_p
     """A checkpoint naming another output neither cuts this file nor gives its writers."""
     path, ckpt_path = paths
     Path(path).write_bytes(b"0123456789")
-    save_checkpoint(ckpt_path, Checkpoint(out=str(tmp_path / "other.log"), out_size=2, writers={"w": 7}))
+    other = Checkpoint(out=str(tmp_path / "other.log"), out_size=2, writers={"w": 7}, floors={"n": {"r": 3}})
+    save_checkpoint(ckpt_path, other)
     out = CheckpointedOutput(path, ckpt_path)
     try:
         assert out.open() == {}
         assert out.cut == 0
         assert out.problem is None
+        assert out.floors == {}, "floors stand in for writers: another file's go with them"
         assert Path(path).read_bytes() == b"0123456789"
         ckpt, _ = load_checkpoint(ckpt_path)
-        assert (ckpt.out, ckpt.out_size, ckpt.writers) == (path, 10, {})
+        assert (ckpt.out, ckpt.out_size, ckpt.writers, ckpt.floors) == (path, 10, {}, {})
     finally:
         out.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+import orjson
 import pytest
 from test_streamer_ingest import T0, payload, rec
 
@@ -26,7 +27,7 @@ def _flush(tmp_path: Path) -> tuple[Flush, Intake, ClusterOutput, dict[str, int]
         "streamer", LineFormat(untrusted=True), stats=stats, credit_bytes=1 << 20, idle_timeout=10.0, keep_records=bool
     )
     cluster = ClusterOutput(str(tmp_path / "cluster.log"), str(tmp_path / ".cluster.log.ckpt"))
-    intake.recover(cluster.open())
+    intake.recover(cluster.open(), cluster.floors)
     intake.handle([PEER, *hello("node1")], 1.0)
     intake.handle([PEER, BATCH, payload(5, [rec(0, T0), rec(1, T0 + 1)], watermark=T0 + 1)], 1.0)
     flush = Flush(
@@ -59,4 +60,30 @@ def test_a_full_disk_holds_everything_and_acknowledges_nothing(tmp_path: Path, m
     monkeypatch.undo()
     assert flush(final=True) == [(PEER, 5)]
     assert "is writable again" in "".join(intake.pending.take(float("inf"))[0].merged("lines"))
+    cluster.close()
+
+
+def test_a_writer_ended_leaves_the_checkpoint_only_with_the_floor_that_covers_its_batch(tmp_path: Path) -> None:
+    """The checkpoint covering an ending batch still holds its writer; the next holds its floor instead."""
+    flush, intake, cluster, _ = _flush(tmp_path)
+    end = {**orjson.loads(payload(6, [rec(2, T0 + 2)], watermark=T0 + 2)), "o": "run1", "e": ["w0"]}
+    intake.handle([PEER, BATCH, orjson.dumps(end)], 1.0)
+    assert flush(final=False) == [(PEER, 6)]
+    saved = orjson.loads((tmp_path / ".cluster.log.ckpt").read_bytes())
+    assert saved["writers"] == {"node1|w0": 2} and saved["floors"] == {}
+    assert cluster.unsaved, "what the ack settled waits for the next checkpoint"
+    assert flush(final=False) == []
+    saved = orjson.loads((tmp_path / ".cluster.log.ckpt").read_bytes())
+    assert saved["writers"] == {} and saved["floors"] == {"node1": {"run1": 6}}
+    cluster.close()
+
+
+def test_the_final_flush_saves_what_its_acks_settled(tmp_path: Path) -> None:
+    """At stop the writers retired by the last acks are not left in the checkpoint for the next run."""
+    flush, intake, cluster, _ = _flush(tmp_path)
+    end = {**orjson.loads(payload(6, [rec(2, T0 + 2)], watermark=T0 + 2)), "o": "run1", "e": ["w0"]}
+    intake.handle([PEER, BATCH, orjson.dumps(end)], 1.0)
+    assert flush(final=True) == [(PEER, 6)]
+    saved = orjson.loads((tmp_path / ".cluster.log.ckpt").read_bytes())
+    assert saved["writers"] == {} and saved["floors"] == {"node1": {"run1": 6}}
     cluster.close()

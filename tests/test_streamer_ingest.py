@@ -209,6 +209,59 @@ def test_a_resend_of_records_still_held_keeps_the_ack_waiting_for_them() -> None
     assert ingest.batch(NODE, payload(1, [rec(0, T0 + 1), rec(1, T0 + 2)])).newest == -1
 
 
+# -- writers that ended, batch floors ---------------------------------------------------
+
+
+def _with(body: dict, **fields: Any) -> bytes:
+    return orjson.dumps({**body, **fields})
+
+
+@FORMS
+def test_a_batch_names_the_writers_it_ends_keyed_as_deduplication_counts_them(form: str) -> None:
+    """``"e"`` gives (node, writer) pairs: a writer of the sending node, or ``[writer, node]`` relayed, sanitized."""
+    ingest = new_ingest()
+    body = body_of(1, [rec(0, T0)], form=form)
+    result = ingest.batch(NODE, _with(body, o="run1", e=["w0", ["w9", "n/2"], 7, "x" * 300]))
+    assert result.run == "run1"
+    assert result.ended == ((NODE, "w0"), (sanitize_name("n/2"), "w9"), (NODE, "7"), (NODE, "x" * 200))
+    assert record_key(*result.ended[0]) == result.chunk.keys[0]
+
+
+def test_retire_forgets_a_writers_cursor_and_written_seq() -> None:
+    """``retire`` drops the writer from de-duplication and from what the checkpoint saves; others stay."""
+    written = {"n1|w0": 4, "n1|w1": 2}
+    ingest = new_ingest(written=written)
+    ingest.retire([(NODE, "w0"), (NODE, "never-seen")])
+    assert written == {"n1|w1": 2} and set(ingest.cursors) == {"n1|w1"}
+    assert ingest.stats["retired"] == 1
+
+
+@FORMS
+def test_a_batch_at_or_below_its_runs_floor_is_a_duplicate_as_a_whole(form: str) -> None:
+    """Once a run's floor covers a batch, its resend yields nothing even for a writer forgotten since."""
+    ingest = new_ingest()
+    records = [rec(0, T0, w="gone"), rec(1, T0 + 1, w="gone")]
+    body = body_of(3, records, form=form)
+    first = ingest.batch(NODE, _with(body, o="run1", e=["gone"]))
+    assert first.chunk.seqs == [0, 1]
+    ingest.floors.raise_to(NODE, "run1", 3)
+    ingest.retire(list(first.ended))
+    assert ingest.cursors == {}
+    again = ingest.batch(NODE, _with(body, o="run1", e=["gone"]))
+    assert (again.chunk.seqs, again.newest, again.ended, again.seq) == ([], -1, (), 3)
+    assert ingest.stats["duplicates"] == 2 and ingest.cursors == {}
+    # Another run (a new spool: seqs from 1 again) and a later batch are not covered.
+    assert ingest.batch(NODE, _with(body_of(1, [rec(0, T0, w="new")], form=form), o="run2")).chunk.seqs == [0]
+    assert ingest.batch(NODE, _with(body_of(4, [rec(0, T0, w="next")], form=form), o="run1")).chunk.seqs == [0]
+
+
+def test_without_a_spool_run_no_floor_applies() -> None:
+    """A batch of an older node (no ``"o"``) is de-duplicated per record only, whatever floors exist."""
+    ingest = new_ingest()
+    ingest.floors.raise_to(NODE, "", 9)
+    assert ingest.batch(NODE, payload(2, [rec(0, T0)])).chunk.seqs == [0]
+
+
 # -- malformed batches --------------------------------------------------------------
 
 
@@ -264,6 +317,10 @@ COLUMN_DAMAGE = {
     "a file index out of range": (_edit("f", 0, 5), ValueError),
     "a short profile": (_edit("P", 0, ["w0", 1, 2]), ValueError),
     "a level not a string": (_edit("L", 0, 5), TypeError),
+    "a spool run not a string": (_set("o", 5), TypeError),
+    "a spool run too long": (_set("o", "r" * 65), TypeError),
+    "ended writers not a list": (_set("e", {"w0": 1}), TypeError),
+    "a relayed ended writer without its node": (_set("e", [["w0"]]), ValueError),
 }
 
 RECORDS_DAMAGE = {
@@ -272,6 +329,8 @@ RECORDS_DAMAGE = {
     "a string batch seq": (_set("b", "7"), TypeError),
     "no records at all": (_drop("r"), KeyError),
     "records not a list": (_set("r", {"seq": 0}), TypeError),
+    "a spool run not a string": (_set("o", ["run"]), TypeError),
+    "ended writers not a list": (_set("e", "w0"), TypeError),
 }
 
 

@@ -96,7 +96,7 @@ def test_a_malformed_batch_is_dropped_named_and_acked_after_its_notice() -> None
     intake.handle([PEER, *hello("node1")], 1.0)
     intake.handle([PEER, BATCH, b'{"b": 3, "c": 0, "r": 5}'], 2.0)
     assert intake.stats["dropped_batches"] == 1 and intake.stats["bad_frames"] == 1
-    (hold,) = [ts for seq, ts, _ in intake.sessions.get(PEER).acks if seq == 3]
+    (hold,) = [batch.newest for batch in intake.sessions.get(PEER).acks if batch.seq == 3]
     assert intake.sessions.acks_due(hold - 1) == []
     assert intake.sessions.acks_due(hold) == [(PEER, 3)]
     assert any("dropped batch 3 from node1" in text for text in _notices(intake))
@@ -271,3 +271,36 @@ def test_fuzz_intake_never_dies_never_acks_unwritten_and_the_honest_node_arrives
     assert max([acked, *last]) == len(batches)
     mine = sorted(item for item in written if item[0].startswith("n0|"))
     assert mine == sorted((f"n0|{r['w']}", r["seq"]) for _, records, _ in batches for r in records)
+
+
+def _ended_batch(b: int, records: list, run: str, ended: list) -> bytes:
+    return orjson.dumps({**orjson.loads(payload(b, records, watermark=T0 + 10)), "o": run, "e": ended})
+
+
+def test_an_acknowledged_end_retires_the_writer_and_its_resend_is_dropped_whole() -> None:
+    """Once the batch ending a writer is acked, settle forgets the writer, and a resend of it yields nothing."""
+    intake = _intake()
+    intake.handle([PEER, *hello("node1")], 1.0)
+    end = _ended_batch(4, [rec(0, T0, w="loader"), rec(1, T0 + 1, w="loader")], "run1", ["loader"])
+    intake.handle([PEER, BATCH, end], 1.0)
+    assert "node1|loader" in intake.ingest.cursors
+    settled: list = []
+    assert intake.sessions.acks_due(T0 + 1, settled) == [(PEER, 4)]
+    assert intake.settle(settled) == (True, [("node1", "loader")])
+    assert "node1|loader" not in intake.ingest.cursors and intake.ingest.floors.covers("node1", "run1", 4)
+    intake.pending.take(float("inf"))
+    intake.handle([PEER, BATCH, end], 2.0)  # the ack was lost: the node sends it again
+    assert not intake.pending, "a resend of a batch the floor covers is not written again"
+    assert intake.sessions.acks_due(0) == [(PEER, 4)], "and it is acknowledged again at once"
+
+
+def test_an_end_in_a_batch_without_a_spool_run_retires_nothing() -> None:
+    """Without a run no floor would cover a resend, so the writer's cursor is kept."""
+    intake = _intake()
+    intake.handle([PEER, *hello("node1")], 1.0)
+    body = {**orjson.loads(payload(1, [rec(0, T0, w="loader")], watermark=T0)), "e": ["loader"]}
+    intake.handle([PEER, BATCH, orjson.dumps(body)], 1.0)
+    settled: list = []
+    intake.sessions.acks_due(T0, settled)
+    assert intake.settle(settled) == (False, [])
+    assert "node1|loader" in intake.ingest.cursors

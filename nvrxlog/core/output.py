@@ -1,7 +1,8 @@
 """An append-only output file and its checkpoint, shared by the aggregator and the streamer.
 
 The checkpoint records, per writer, the highest sequence number in the file,
-and the file's size at that moment, saved atomically. After a ``kill -9`` the
+and the file's size at that moment, saved atomically (the streamer adds its
+batch floors, see ``streamer/floors.py``). After a ``kill -9`` the
 file is cut back to that size and the writers' records are produced again,
 the cursors skipping what the checkpoint covers: nothing lost, nothing doubled.
 """
@@ -30,6 +31,7 @@ class Checkpoint:
     out_size: int = 0
     writers: dict[str, int] = field(default_factory=dict)
     out_id: str = ""  # "st_dev:st_ino" of the file it describes ("" in checkpoints from before it was kept)
+    floors: dict[str, dict[str, int]] = field(default_factory=dict)  # the streamer's: node -> spool run -> seq
 
     def covers(self, path: str, file_id: str) -> bool:
         """This checkpoint describes the very file now at ``path`` (only then may recovery cut it back)."""
@@ -49,6 +51,10 @@ def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
                 out_size=int(raw["out_size"]),
                 writers={str(k): int(v) for k, v in raw["writers"].items()},
                 out_id=str(raw.get("out_id", "")),
+                floors={
+                    str(node): {str(run): int(seq) for run, seq in runs.items()}
+                    for node, runs in raw.get("floors", {}).items()
+                },
             ),
             None,
         )
@@ -67,6 +73,7 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
             "out_size": checkpoint.out_size,
             "writers": checkpoint.writers,
             "out_id": checkpoint.out_id,
+            "floors": checkpoint.floors,
         }
     )
     replace_file(path, data, durable=True)
@@ -138,7 +145,7 @@ class CheckpointedOutput:
                 # adopted as it is and never cut back to a size that is not its own.
                 if ckpt.out == self.path:
                     self.problem = f"{self.path} is not the file its checkpoint describes; adopted as it is"
-                ckpt.out, ckpt.out_size, ckpt.writers = self.path, size, {}
+                ckpt.out, ckpt.out_size, ckpt.writers, ckpt.floors = self.path, size, {}, {}
                 ckpt.out_id = file_id
                 save_checkpoint(self.checkpoint_path, ckpt)
             ckpt.out_id = file_id
@@ -150,6 +157,11 @@ class CheckpointedOutput:
             raise
         self._fd = fd
         return dict(ckpt.writers)
+
+    @property
+    def floors(self) -> dict[str, dict[str, int]]:
+        """The batch floors the checkpoint held when opened (the streamer's; empty for the aggregator's)."""
+        return self._ckpt.floors
 
     @property
     def size(self) -> int:
@@ -168,8 +180,8 @@ class CheckpointedOutput:
                 pass
             raise
 
-    def save(self, writers: dict[str, int]) -> None:
-        """Checkpoint the file's size now with ``writers``' seqs, durably; raises ``OSError``.
+    def save(self, writers: dict[str, int], floors: dict[str, dict[str, int]] | None = None) -> None:
+        """Checkpoint the file's size now with ``writers``' seqs (and ``floors``), durably; raises ``OSError``.
 
         What the checkpoint covers is on disk first, and the checkpoint itself
         is when this returns: what follows a checkpoint (an ack, deleting the
@@ -181,6 +193,8 @@ class CheckpointedOutput:
         ckpt.out = self.path
         ckpt.out_size = self.size
         ckpt.writers = writers
+        if floors is not None:
+            ckpt.floors = floors
         save_checkpoint(self.checkpoint_path, ckpt)
 
     def close(self) -> None:

@@ -2,7 +2,10 @@
 
 An ack means written and checkpointed, so the order is fixed: write the
 ready records in time order (``output.py``), show them live and pass them
-up (a relay), checkpoint, and only then say which batches are acknowledged.
+up (a relay), checkpoint, and only then say which batches are acknowledged;
+what those acknowledgements settle (floors raised, ended writers retired,
+see ``floors.py``) goes into the next checkpoint, and a relay tells its own
+upstream that those writers ended, after every record of theirs it spooled.
 When the output cannot be written (a full disk) everything is held and
 nothing acknowledged until it can: the nodes keep (and spool) their
 batches, and credit bounds what is held here. No socket is used here but
@@ -48,7 +51,8 @@ class Flush:
         self._stats = stats
         self._errors = errors
         self._held_since: float | None = None  # since when the output cannot be written
-        self._unspooled: list[tuple[list, int]] = []  # a relay's records written but not yet spooled
+        # A relay's records written but not yet spooled: (records, watermark, writers ended).
+        self._unspooled: list[tuple[list, int, list]] = []
 
     def __call__(self, *, final: bool) -> list[tuple[bytes, int]]:
         """Write what the cutoff (everything, if ``final``) passed; ``(peer, last batch seq)`` to acknowledge."""
@@ -69,7 +73,22 @@ class Flush:
             return []
         if self.forwarder is not None:
             self.forwarder.watermark = handed_over(cutoff, oldest_held, time.time_ns())
-        return sessions.acks_due(cutoff)
+        acknowledged: list = []
+        acks = sessions.acks_due(cutoff, acknowledged)
+        if acknowledged:
+            self._settle(acknowledged, final=final)
+        return acks
+
+    def _settle(self, acknowledged: list, *, final: bool) -> None:
+        """Raise floors and retire the writers that ended; a relay passes their end up, after their records."""
+        moved, retired = self._intake.settle(acknowledged)
+        if moved:
+            self._cluster.unsaved = True  # the next flush saves the floors (and the writers gone), even writing nothing
+        if retired and self.forwarder is not None:
+            self._unspooled.append(([], 0, [[writer, node] for node, writer in retired]))
+            self._spool()  # if it cannot, the next flush holds until it can
+        if final:
+            self._save()  # the last flush: what it settled is not lost to the next run
 
     def unwritten(self) -> None:
         """After the final flush: say how many records are still held (the output could not take them)."""
@@ -126,7 +145,7 @@ class Flush:
         if watching:
             self._live.publish(records)
         if self.forwarder is not None:
-            self._unspooled.append((records, watermark))
+            self._unspooled.append((records, watermark, []))
             self._spool()
         return True
 
@@ -139,9 +158,9 @@ class Flush:
         """
         forwarder = self.forwarder
         while self._unspooled and forwarder is not None:
-            records, watermark = self._unspooled[0]
+            records, watermark, ended = self._unspooled[0]
             try:
-                forwarder.submit(records, watermark)
+                forwarder.submit(records, watermark, ended)
             except OSError as exc:
                 self._hold(exc, forwarder.spool.directory)
                 return False

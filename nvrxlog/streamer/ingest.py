@@ -11,6 +11,10 @@ batch leaves no trace that its resend would be taken as a duplicate of.
 Stamps are corrected by the sending node's clock offset on the way in (a
 whole column at once) and merge on the corrected time; one stamped too far
 ahead merges by its arrival (``clocks.py``).
+
+A batch at or below its spool run's floor (``floors.py``) is a duplicate as
+a whole: it was written and acknowledged, and the writers it names as ended
+may be forgotten since (``retire``), so its records are never looked at.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from nvrxlog.core.lines import LineFormat
 from nvrxlog.core.record import text_messages, texts
 from nvrxlog.core.report import safe_repr
 from nvrxlog.streamer.clocks import corrected, corrected_ts, future_limit, merge_keys
+from nvrxlog.streamer.floors import MAX_RUN_BYTES, BatchFloors
 from nvrxlog.streamer.merge import Chunk
 from nvrxlog.wire.columns import COLUMNS, read_profile, unpack
 
@@ -50,6 +55,8 @@ class Batch(NamedTuple):
     chunk: Chunk  # its new records
     newest: int  # the newest merge key among its records not yet written (-1: none)
     future: int = 0  # new records stamped too far ahead: merged by arrival
+    run: str = ""  # the spool run it was spooled in ("": not said, an older node)
+    ended: tuple[tuple[str, str], ...] = ()  # (node, writer) whose last record is in it or before
 
 
 def record_key(node: str, writer: object) -> str:
@@ -82,12 +89,15 @@ class Ingest:
         notice: Callable[[str], None] = lambda text: None,
         keep_records: Callable[[], bool] = lambda: False,
         stats: dict[str, int] | None = None,
+        floors: BatchFloors | None = None,
     ) -> None:
         self.lines = lines
         self.written: dict[str, int] = written if written is not None else {}  # shared with the output
         self.cursors: dict[str, WriterCursor] = {key: WriterCursor(seq) for key, seq in self.written.items()}
+        self.floors = floors if floors is not None else BatchFloors()  # shared with the output
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("duplicates", 0)
+        self.stats.setdefault("retired", 0)
         self.stats.setdefault("bad_frames", 0)
         self.stats.setdefault("bad_messages", 0)
         self.stats.setdefault("implausible_seqs", 0)
@@ -111,8 +121,18 @@ class Ingest:
         batch = orjson.loads(payload)
         seq = batch["b"]
         watermark = batch.get("c", 0)
+        run = batch.get("o", "")
         if type(seq) is not int or type(watermark) is not int:
             raise TypeError("a batch needs an int 'b' and an int 'c'")
+        if type(run) is not str or len(run) > MAX_RUN_BYTES:
+            raise TypeError("a batch's spool run 'o' must be a short string")
+        if run and self.floors.covers(node, run, seq):
+            # Written and acknowledged already; its writers may be retired since.
+            column = batch.get("t", batch.get("r"))
+            self.stats["duplicates"] += len(column) if type(column) is list else 0
+            return Batch(seq, watermark, Chunk.of([]), -1, 0, run)
+        entries = batch.get("e")
+        ended = () if entries is None else self._ended(node, entries)
         if arrival is None:
             arrival = time.time_ns()
         if "t" in batch:
@@ -122,7 +142,34 @@ class Ingest:
             if type(records) is not list:
                 raise TypeError("a batch needs columns or a list 'r'")
             chunk, newest, future = self.records(node, records, offset, arrival)
-        return Batch(seq, watermark, chunk, newest, future)
+        return Batch(seq, watermark, chunk, newest, future, run, ended)
+
+    def _ended(self, node: str, entries: object) -> tuple[tuple[str, str], ...]:
+        """The ``(node, writer)`` pairs of a batch's ``"e"``: a writer of ``node``, or ``[writer, node]`` relayed."""
+        if type(entries) is not list:
+            raise TypeError("a batch's ended writers 'e' must be a list")
+        ended = []
+        for entry in entries:
+            if type(entry) is list:
+                if len(entry) != 2:
+                    raise ValueError("a relayed ended writer is [writer, node]")
+                writer, name = entry[0], self.name(entry[1])
+            else:
+                writer, name = entry, node
+            # As de-duplication counts it (``record_key``), and bounded: a relay passes it up as it is.
+            ended.append((name, writer if type(writer) is str and len(writer) <= 200 else str(writer)[:200]))
+        return tuple(ended)
+
+    def retire(self, ended: list[tuple[str, str]]) -> None:
+        """Forget writers that ended, once the batch saying so is written and acknowledged (see ``floors``)."""
+        cursors, written = self.cursors, self.written
+        retired = 0
+        for node, writer in ended:
+            key = record_key(node, writer)
+            written.pop(key, None)
+            if cursors.pop(key, None) is not None:
+                retired += 1
+        self.stats["retired"] += retired
 
     def name(self, raw: object) -> str:
         """A node name from the network, sanitised (names reach file names and lines), cached.

@@ -8,8 +8,10 @@ with the node's clock is answered with the stamp and the streamer's clock, so
 the node can estimate its offset, which it reports in its pings
 (``clocks.py``). The streamer's own lines
 (notices) enter the same merge buffer as one more writer, so they are
-written in time order and de-duplicated like any other. The caller sends
-the reply, if any, and owns the sockets; this is testable with plain frames.
+written in time order and de-duplicated like any other. Once batches are
+acknowledged, ``settle`` raises their spool runs' floors and retires the
+writers they said ended (``floors.py``). The caller sends the reply, if
+any, and owns the sockets; this is testable with plain frames.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from nvrxlog.core.lines import LineFormat
 from nvrxlog.core.record import notice_record
 from nvrxlog.core.report import describe
 from nvrxlog.streamer.clocks import FUTURE_NS
+from nvrxlog.streamer.floors import BatchFloors, settled
 from nvrxlog.streamer.ingest import MALFORMED, Ingest, batch_seq, record_key
 from nvrxlog.streamer.merge import Chunk, MergeBuffer
-from nvrxlog.streamer.sessions import Session, Sessions
+from nvrxlog.streamer.sessions import Expected, Session, Sessions
 from nvrxlog.wire.protocol import (
     BATCH,
     HELLO,
@@ -88,16 +91,41 @@ class Intake:
         self._told_to_retry: set[str] = set()  # nodes refused for now, said once until welcomed
         self._foreign: deque[tuple[str, str]] = deque()  # notices from other threads, not yet put in
         self._notice_key = record_key(name, f"streamer.{self._start_ns}")
-        self.ingest = self._new_ingest(None)
+        self.ingest = self._new_ingest(None, None)
 
-    def recover(self, written: dict[str, int]) -> None:
-        """Start from what the output already holds (per ``node|writer``, the highest seq written)."""
-        self.ingest = self._new_ingest(written)
+    def recover(self, written: dict[str, int], floors: BatchFloors) -> None:
+        """Start from what the output already holds (per ``node|writer``, the highest seq written; the floors)."""
+        self.ingest = self._new_ingest(written, floors)
 
-    def _new_ingest(self, written: dict[str, int] | None) -> Ingest:
+    def _new_ingest(self, written: dict[str, int] | None, floors: BatchFloors | None) -> Ingest:
         return Ingest(
-            self._lines, written=written, notice=self.notice, keep_records=self._keep_records, stats=self.stats
+            self._lines,
+            written=written,
+            floors=floors,
+            notice=self.notice,
+            keep_records=self._keep_records,
+            stats=self.stats,
         )
+
+    def settle(self, acknowledged: list[tuple[str, list[Expected]]]) -> tuple[bool, list[tuple[str, str]]]:
+        """Batches written and acknowledged: raise their floors, retire the writers they ended.
+
+        Returns whether a floor moved (the checkpoint should say so) and the writers retired.
+
+        Called after the checkpoint that covers the batches: the floors
+        raised here and the writers dropped go into the next one together,
+        so no checkpoint forgets a writer without the floor that covers it.
+        """
+        floors, moved, retired = self.ingest.floors, False, []
+        for node, batches in acknowledged:
+            raised, ended = settled(batches)
+            for run, seq in raised:
+                floors.raise_to(node, run, seq)
+                moved = True
+            retired += ended
+        if retired:
+            self.ingest.retire(retired)
+        return moved, retired
 
     # -- messages -------------------------------------------------------------------
 
@@ -226,7 +254,7 @@ class Intake:
             return
         self.pending.add(batch.chunk)
         self.stats["batches"] += 1
-        session.expect_ack(batch.seq, batch.newest, len(payload))
+        session.expect_ack(batch.seq, batch.newest, len(payload), batch.run, batch.ended)
         sessions.advance(session.node, batch.watermark)
         if batch.future:
             self._ahead(session.node, batch.future)

@@ -1,10 +1,15 @@
-"""The cluster-wide file: merged records written, counted and checkpointed."""
+"""The cluster-wide file: merged records written, counted and checkpointed.
+
+The checkpoint holds, per writer, the highest seq written, and the batch
+floors (``floors.py``) that stand in for the writers retired since.
+"""
 
 from __future__ import annotations
 
 import bisect
 
 from nvrxlog.core.output import CheckpointedOutput
+from nvrxlog.streamer.floors import BatchFloors
 from nvrxlog.streamer.merge import Ready
 
 __all__ = ["ClusterOutput"]
@@ -16,14 +21,16 @@ class ClusterOutput:
     def __init__(self, path: str, checkpoint_path: str) -> None:
         self.file = CheckpointedOutput(path, checkpoint_path)
         self.written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
+        self.floors = BatchFloors()  # per node and spool run, the highest batch acknowledged
         self.unsaved = False  # written since the last checkpoint
         self.records = 0
         self.late = 0  # written after newer lines (a node that lagged more than max_hold)
         self._last_ts = 0
 
     def open(self) -> dict[str, int]:
-        """Recover the file (see ``CheckpointedOutput.open``); the writers' written seqs."""
+        """Recover the file (see ``CheckpointedOutput.open``); the writers' written seqs (``floors`` recovered too)."""
         self.written = self.file.open()
+        self.floors = BatchFloors(self.file.floors)
         return self.written
 
     def write(self, ready: Ready) -> None:
@@ -44,7 +51,7 @@ class ClusterOutput:
 
     def checkpoint(self) -> None:
         """Make what is written durable in the checkpoint; raises OSError."""
-        self.file.save(self.written)
+        self.file.save(self.written, self.floors.saved())
         self.unsaved = False
 
     def close(self) -> None:

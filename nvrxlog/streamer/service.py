@@ -83,6 +83,7 @@ class Streamer(Service):
         self.stats: dict[str, int] = {
             "records": 0,
             "duplicates": 0,
+            "retired": 0,  # writers forgotten once their end was acknowledged
             "batches": 0,
             "bad_frames": 0,
             "nodes": 0,
@@ -204,7 +205,7 @@ class Streamer(Service):
             raise  # another process writes it: the message says so
         except OSError as exc:
             raise OutputError(f"cannot open {self.out_path}: {exc.strerror}") from exc
-        self._intake.recover(written)
+        self._intake.recover(written, self._cluster.floors)
         if self._cluster.file.problem:
             self._intake.notice(self._cluster.file.problem)
 

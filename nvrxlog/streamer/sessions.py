@@ -17,10 +17,11 @@ clock's offset (``clocks.py``), and move with it when the offset does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nvrxlog.streamer.clocks import NodeClock
 
-__all__ = ["Session", "Sessions"]
+__all__ = ["Expected", "Session", "Sessions"]
 
 _MIN_CREDIT = 256 << 10
 _MAX_CREDIT = 8 << 20
@@ -30,6 +31,16 @@ _MAX_CREDIT = 8 << 20
 _CREDIT_SLACK = 16 << 20
 
 
+class Expected(NamedTuple):
+    """A batch received and waiting for its acknowledgement."""
+
+    seq: int  # the node's batch seq
+    newest: int  # acknowledged once everything up to this time (and any drop notice) is written
+    size: int = 0  # its bytes, counted against the node's credit until then
+    run: str = ""  # its spool run ("": not said): what its acknowledgement settles, see ``floors``
+    ended: tuple[tuple[str, str], ...] = ()  # (node, writer) whose last record is in it or before
+
+
 @dataclass(slots=True)
 class Session:
     """One connected node."""
@@ -37,16 +48,20 @@ class Session:
     node: str
     credit: int = 0  # bytes of batches it may have in flight
     sid: str = ""  # the identity of the node's spool, the same across its restarts
-    acks: list[tuple[int, int, int]] = field(default_factory=list)  # (batch seq, newest time not durable, bytes)
+    acks: list[Expected] = field(default_factory=list)  # batches received, in order, not yet acknowledged
     in_flight: int = 0  # bytes of its batches received and not yet acknowledged
     bad: int = 0  # malformed messages from it
     # Acks are cumulative: once a batch is dropped, no later ack may go out
     # before the notice naming the drop is written (the time of that notice).
     hold: int = -1
 
-    def expect_ack(self, seq: int, newest: int, size: int = 0) -> None:
-        """Batch ``seq`` (``size`` bytes) is acked once everything up to ``newest`` (and any drop notice) is written."""
-        self.acks.append((seq, max(newest, self.hold), size))
+    def expect_ack(self, seq: int, newest: int, size: int = 0, run: str = "", ended: tuple = ()) -> None:
+        """Batch ``seq`` (``size`` bytes) is acked once everything up to ``newest`` (and any drop notice) is written.
+
+        ``run`` and ``ended`` (its spool run, the writers it says ended) are
+        what its acknowledgement settles (see ``floors``).
+        """
+        self.acks.append(Expected(seq, max(newest, self.hold), size, run, ended))
         self.in_flight += size
 
     def over_credit(self, size: int) -> bool:
@@ -185,12 +200,14 @@ class Sessions:
         """Some batch received waits for its acknowledgement."""
         return any(s.acks for s in self.by_peer.values())
 
-    def acks_due(self, cutoff: float) -> list[tuple[bytes, int]]:
+    def acks_due(
+        self, cutoff: float, settled: list[tuple[str, list[Expected]]] | None = None
+    ) -> list[tuple[bytes, int]]:
         """``(peer, last batch seq)`` for every session whose batches are now written up to ``cutoff``.
 
         A batch is acknowledged once its newest record is under the cutoff,
         so written by this flush or an earlier one; acknowledged batches are
-        forgotten.
+        forgotten, after being added to ``settled`` (if given) as ``(node, batches)``.
         """
         due = []
         for peer, session in self.by_peer.items():
@@ -201,5 +218,7 @@ class Sessions:
                 done += 1
             if done:
                 due.append((peer, acks[done - 1][0]))
+                if settled is not None:
+                    settled.append((session.node, acks[:done]))
                 del acks[:done]
         return due
