@@ -364,7 +364,7 @@ class NodeAggregator(Service):
         if self._forwarder is not None and not waiting:
             # Everything up to the cutoff is out; held (or put back) records are not.
             self._forwarder.watermark = handed_over(cutoff, held.oldest, now)
-        out.checkpoint(now, final=final, spooling=waiting > 0, sync=self._sync_spool)
+        out.checkpoint(now, final=final, spooling=waiting > 0, sync=self._sync_spool, forwarding=forwarding)
         return bool(read)
 
     def _sync_spool(self) -> None:

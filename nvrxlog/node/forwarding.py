@@ -72,7 +72,8 @@ class Forwarding:
         self._options = options
         self._failures = 0
         self._retry_at: float | None = None  # None: nothing to retry (running, or off for good)
-        self._waiting: deque[tuple[list, int]] = deque()  # (records, watermark) the spool could not take yet
+        # (records, watermark, writers ended) the spool could not take yet.
+        self._waiting: deque[tuple[list, int, list]] = deque()
         self._waiting_records = 0
         self._spool_retry_at = 0.0
         self._spool_failing = False
@@ -122,11 +123,14 @@ class Forwarding:
         """Records written to the per-node file that the spool has not taken yet."""
         return self._waiting_records
 
-    def submit(self, records: list, watermark: int, now: float) -> None:
-        """Spool ``records`` (all up to ``watermark``) after any still waiting; they wait if the spool fails."""
+    def submit(self, records: list, watermark: int, now: float, ended: list | None = None) -> None:
+        """Spool ``records`` (all up to ``watermark``) after any still waiting; they wait if the spool fails.
+
+        ``ended``: writers whose every record is now submitted (see ``Forwarder.submit``).
+        """
         if self.forwarder is None:
             return  # forwarding is off (and said so): the per-node file is all there is
-        self._waiting.append((records, watermark))
+        self._waiting.append((records, watermark, ended or []))
         self._waiting_records += len(records)
         self.flush(now)  # at once unless the spool failed less than a retry interval ago
 
@@ -142,9 +146,9 @@ class Forwarding:
             self._waiting_records = 0
             return
         while self._waiting:
-            records, watermark = self._waiting[0]
+            records, watermark, ended = self._waiting[0]
             try:
-                forwarder.submit(records, watermark)
+                forwarder.submit(records, watermark, ended)
             except OSError as exc:
                 self._spool_retry_at = now + _SPOOL_RETRY_S
                 if not self._spool_failing:

@@ -146,11 +146,23 @@ class NodeOutput:
         except OSError:
             pass
 
-    def checkpoint(self, now: int, *, final: bool, spooling: bool, sync: Callable[[], None] = lambda: None) -> None:
+    def checkpoint(
+        self,
+        now: int,
+        *,
+        final: bool,
+        spooling: bool,
+        sync: Callable[[], None] = lambda: None,
+        forwarding: Forwarding | None = None,
+    ) -> None:
         """Save the checkpoint if one is due, then delete the temp files it covers.
 
         ``sync`` makes durable whatever else holds the records (the
         forwarding spool): the checkpoint lets their temp files go.
+        Writers done for good (every record written, checkpointed, spooled,
+        their files deleted) are then told to the streamer, which forgets them.
+        Only now: told before the checkpoint, a kill -9 would have this node
+        send their records again to a streamer that no longer knows them.
         """
         since = now - self._last_ckpt
         if not checkpoint_due(
@@ -165,4 +177,6 @@ class NodeOutput:
             return  # files are kept until a checkpoint covers them
         self._last_ckpt = now
         self.unsaved = False
-        self._writers.release()
+        ended = self._writers.release()
+        if ended and forwarding is not None:
+            forwarding.submit([], 0, time.monotonic(), ended)

@@ -4,7 +4,8 @@ The aggregator's reading side. ``read`` polls the tails (all of them, or
 while the backlog is paused only those that block it, see ``backlog``) and
 says how far the merge may go: a writer with unread data may still hold
 records older than anything the others gave. ``release`` deletes what a
-saved checkpoint covers and forgets writers that are done.
+saved checkpoint covers and forgets writers that are done (and says which,
+so the streamer forgets them too: state bounded by the writers alive).
 """
 
 from __future__ import annotations
@@ -120,13 +121,23 @@ class Writers:
         """Per writer, the highest seq written: what a checkpoint saves."""
         return {key: t.emitted_seq for key, t in self.tails.items() if t.emitted_seq >= 0}
 
-    def release(self) -> None:
-        """After a saved checkpoint: delete the files it covers, forget writers with nothing left."""
+    def release(self) -> list[str]:
+        """After a saved checkpoint: delete the files it covers, forget writers with nothing left; their keys.
+
+        A writer forgotten here has every record in the per-node file, in a
+        saved checkpoint and (when forwarding) in the spool, and no file left
+        to read it from again: the streamer may forget it too.
+        """
+        ended = []
         for key, tail in list(self.tails.items()):
             tail.release(tail.emitted_seq)
             if tail.done:
                 del self.tails[key]
                 del self.by_tid[tail.tid]
+                self.closed.discard(key)
+                if tail.emitted_seq >= 0:  # one that never wrote a record is unknown downstream
+                    ended.append(key)
+        return ended
 
     def close(self) -> None:
         """Close every tail's open file (the files stay)."""
