@@ -3,6 +3,10 @@
 - Ingest: 16 simulated nodes (forwarders in another process, spools filled in
   advance) send flat out into one streamer; records/s against a bare ROUTER
   that only receives the same messages, measured in the same run.
+- Churn: one steady writer into a streamer that has already seen N one-record
+  writers come and go (data-loader workers, per-epoch subprocesses), each
+  named ended by its node: records/s against the same steady writer into a
+  fresh streamer, and the checkpoint's size then.
 - Scale: 512 simulated nodes (DEALER sockets in a few processes) into one
   streamer process: all delivered? peak RSS of the streamer.
 - Latency: 8 ranks log 1,000 records/s each through an aggregator to a
@@ -81,14 +85,18 @@ def _senders_main(endpoint: str, root: str, first: int, count: int, timeout: flo
     context.term()
 
 
-def _start_senders(endpoint: str, root: str, nodes: int, processes: int, timeout: float) -> list[subprocess.Popen]:
+def _start_senders(
+    endpoint: str, root: str, nodes: int, processes: int, timeout: float, first: int = 0
+) -> list[subprocess.Popen]:
+    """Send spools ``first`` .. ``first + nodes - 1`` of ``root`` from ``processes`` processes, starting together."""
     per = -(-nodes // processes)
     procs = []
-    firsts = list(range(0, nodes, per))
-    for first in firsts:
+    end = first + nodes
+    firsts = list(range(first, end, per))
+    for start in firsts:
         code = (
             f"from benchmarks.bench_streamer import _senders_main; "
-            f"_senders_main({endpoint!r}, {root!r}, {first}, {min(per, nodes - first)}, {timeout})"
+            f"_senders_main({endpoint!r}, {root!r}, {start}, {min(per, end - start)}, {timeout})"
         )
         procs.append(subprocess.Popen([sys.executable, "-c", code]))
     deadline = time.monotonic() + 60
@@ -146,6 +154,59 @@ def ingest(work: str, nodes: int, per_node: int) -> dict[str, float]:
             proc.wait(120)
     delivered = _node_lines(os.path.join(work, "cluster.log"))
     return {"records": total, "delivered": delivered, "rate": delivered / elapsed, "ceiling": ceiling}
+
+
+def fill_churn(root: str, writers: int, steady: int, batch: int = 1000) -> None:
+    """Spool 0: ``writers`` one-record writers, each named ended in its batch; spool 1: ``steady`` records of one.
+
+    Stamped 25 us apart and ending now, so no stamp is ahead of the clock.
+    """
+    start_ns = time.time_ns() - (writers + steady) * 25_000
+    spool = Spool(os.path.join(root, "spool0"))
+    for first in range(0, writers, batch):
+        ids = [f"loader.{i}" for i in range(first, min(first + batch, writers))]
+        records = [dict(_RECORD, w=w, ts=start_ns + (first + i) * 25_000) for i, w in enumerate(ids)]
+        spool.append(records, records[-1]["ts"], ended=ids)
+    spool.close()
+    start_ns += writers * 25_000
+    spool = Spool(os.path.join(root, "spool1"))
+    for first in range(0, steady, batch):
+        records = [dict(_RECORD, seq=i, ts=start_ns + i * 25_000) for i in range(first, min(first + batch, steady))]
+        spool.append(records, records[-1]["ts"])
+    spool.close()
+
+
+def _steady_rate(streamer: Streamer, root: str, steady: int) -> float:
+    """Records/s of spool 1 (the steady writer) into ``streamer``, from its first batch to its last record."""
+    records, batches = streamer.stats["records"], streamer.stats["batches"]
+    procs = _start_senders(streamer.endpoint, root, 1, 1, 120, first=1)
+    while streamer.stats["batches"] == batches:
+        time.sleep(0.0005)  # the clock starts at the first batch received
+    start = time.perf_counter()
+    deadline = time.monotonic() + 300
+    while streamer.stats["records"] < records + steady and time.monotonic() < deadline:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - start
+    for proc in procs:
+        proc.wait(120)
+    return (streamer.stats["records"] - records) / elapsed
+
+
+def churn(work: str, writers: int, steady: int) -> dict[str, float]:
+    """A steady writer's records/s after ``writers`` one-record writers came and went, and into a fresh streamer."""
+    root = os.path.join(work, "churn")
+    fill_churn(root, writers, steady)
+    fresh = os.path.join(work, "churn-fresh")
+    shutil.copytree(os.path.join(root, "spool1"), os.path.join(fresh, "spool1"))
+    with Streamer("tcp://127.0.0.1:0", os.path.join(work, "fresh.log")) as streamer:
+        alone = _steady_rate(streamer, fresh, steady)
+    with Streamer("tcp://127.0.0.1:0", os.path.join(work, "churn.log")) as streamer:
+        procs = _start_senders(streamer.endpoint, root, 1, 1, 300)
+        for proc in procs:
+            proc.wait(600)  # every one-record writer is written and acknowledged
+        after = _steady_rate(streamer, root, steady)
+        checkpoint = os.path.getsize(streamer.checkpoint_path)
+    return {"writers": writers, "steady": steady, "alone": alone, "after": after, "checkpoint": checkpoint}
 
 
 def _node_lines(path: str) -> int:
@@ -258,6 +319,7 @@ def report(quick: bool = False) -> str:
     work = tempfile.mkdtemp(prefix="nvrxlog-bench-stream-")
     try:
         got = ingest(work, 16, 10_000 if quick else 40_000)
+        gone = churn(work, 30_000 if quick else 300_000, 300_000 if quick else 1_000_000)
         big = scale(work, 128 if quick else 512, 200)
         lat = latency(work, 8, 1000, 5 if quick else 15)
     finally:
@@ -270,6 +332,12 @@ def report(quick: bool = False) -> str:
                     f"ingest, 16 nodes flat out, {got['records']:,} records",
                     f"{got['rate']:,.0f} rec/s",
                     f"{got['rate'] / got['ceiling']:.2f}x bare ROUTER ({got['ceiling']:,.0f} rec/s)",
+                ],
+                [
+                    f"ingest of one steady writer ({gone['steady']:,} records) "
+                    f"after {gone['writers']:,} one-record writers came and went",
+                    f"{gone['after']:,.0f} rec/s (checkpoint {gone['checkpoint']:,} bytes)",
+                    f"{gone['after'] / gone['alone']:.2f}x into a fresh streamer ({gone['alone']:,.0f} rec/s)",
                 ],
                 [
                     f"scale: {big['nodes']} nodes x 200 records",
