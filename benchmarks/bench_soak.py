@@ -180,6 +180,8 @@ def run(
         "missing": len(expected - got) + (sum(sent["short"]) - len(shorts)),
         "doubled": sum(n - 1 for n in tail.seen.values() if n > 1),
         "undelivered": sent["undelivered"],
+        # What the streamer keeps per writer: bounded by the live ones, not by all ever seen.
+        "checkpoint bytes": (work / ".cluster.log.ckpt").stat().st_size,
         "curve": curve,
     }
     subprocess.run(["rm", "-rf", str(work)], check=False)
@@ -204,6 +206,7 @@ def report(quick: bool = False) -> str:
         ["records sent", f"{got['records']:,} ({got['short-lived writers']:,} short-lived writers)", ""],
         ["hostile batches (credit ignored, 10 y ahead, seq jumps, junk)", f"{got['hostile batches']:,}", ""],
         ["cluster file", f"{got['missing']} missing, {got['doubled']} doubled", f"{got['undelivered']} undelivered"],
+        ["streamer checkpoint at the end", f"{got['checkpoint bytes']:,} bytes", "per-writer state retired"],
         ["streamer RSS (MiB) over the run", _points(curve, 1), f"min {min(rss):.0f}, max {max(rss):.0f}"],
         [
             "cluster file lag behind the newest record (s)",
