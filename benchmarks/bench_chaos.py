@@ -11,7 +11,6 @@ RSS of every process over the run (sampled every half second).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,15 +22,10 @@ from pathlib import Path
 import orjson
 import psutil
 
+from benchmarks._procs import clean_env, start_stream
 from benchmarks._table import cli, machine, table
 
 HERE = Path(__file__).resolve().parent
-
-
-def _env(**extra: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVRX_", "SLURM", "RANK", "LOCAL_RANK"))}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 def _mount(path: Path, size: str) -> bool:
@@ -67,17 +61,10 @@ def run(ranks: int = 4, count: int = 20_000, rate: float = 1000.0, kill_every: f
     logs.mkdir(exist_ok=True)
     tmp = work / "tmp"
     cluster = work / "cluster.log"
-    stream = subprocess.Popen(
-        [sys.executable, "-m", "nvrxlog", "stream", "--bind", "tcp://127.0.0.1:0", "--out", str(cluster), "--json"],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    endpoint = stream.stdout.readline().split("listening on ")[1].split(",")[0]
+    stream, endpoint = start_stream(cluster, "--json")
     aggregate = [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs)]
     aggregate += ["--node-id", "n0", "--streamer", endpoint, "--json"]
-    env = _env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", NVRX_NODE_ID="n0")
+    env = clean_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", NVRX_NODE_ID="n0")
 
     def start_aggregator() -> subprocess.Popen:
         return subprocess.Popen(aggregate, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -27,17 +27,12 @@ import orjson
 import psutil
 import zmq
 
+from benchmarks._procs import clean_env, start_stream
 from benchmarks._table import cli, machine, table
 from nvrxlog.wire.protocol import PROTOCOL_VERSION
 
 HERE = Path(__file__).resolve().parent
 _TEN_YEARS_NS = 10 * 365 * 86_400 * 10**9
-
-
-def _env(**extra: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NVRX_", "SLURM", "RANK", "LOCAL_RANK"))}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 def _hostile(endpoint: str, stop: threading.Event, sent: Counter) -> None:
@@ -110,18 +105,11 @@ def run(
     """Run the soak; return the RSS and lag curves and what the cluster file holds."""
     work = Path(tempfile.mkdtemp(prefix="nvrxlog-soak-"))
     cluster = work / "cluster.log"
-    stream = subprocess.Popen(
-        [sys.executable, "-m", "nvrxlog", "stream", "--bind", "tcp://127.0.0.1:0", "--out", str(cluster), "--json"],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    endpoint = stream.stdout.readline().split("listening on ")[1].split(",")[0]
+    stream, endpoint = start_stream(cluster, "--json")
     tmp, logs = work / "tmp", work / "logs"
     aggregate = [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs)]
     aggregate += ["--node-id", "soak-real", "--streamer", endpoint, "--json"]
-    env = _env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", NVRX_NODE_ID="soak-real")
+    env = clean_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", NVRX_NODE_ID="soak-real")
     rank_count = int(seconds * 100)
     rank_code = (
         "import sys, time; from nvrxlog import setup_logger; log = setup_logger(); n = int(sys.argv[1])\n"
@@ -132,7 +120,7 @@ def run(
     senders = subprocess.Popen(
         [sys.executable, str(HERE / "_soak_nodes.py"), endpoint, str(work), str(nodes - 1), str(seconds)]
         + [str(rate), str(short)],
-        env=_env(PYTHONPATH=os.pathsep.join(sys.path)),
+        env=clean_env(PYTHONPATH=os.pathsep.join(sys.path)),
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -27,6 +27,7 @@ import orjson
 import psutil
 import zmq
 
+from benchmarks._procs import start_stream
 from benchmarks._table import cli, machine, table
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog.wire.forwarder import Forwarder
@@ -220,12 +221,7 @@ def scale(work: str, nodes: int, per_node: int) -> dict[str, float]:
     root = os.path.join(work, "scale")
     fill_spools(root, nodes, per_node, batch=per_node)
     out = os.path.join(work, "scale.log")
-    streamer = subprocess.Popen(
-        [sys.executable, "-m", "nvrxlog", "stream", "--bind", "tcp://127.0.0.1:0", "--out", out],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    endpoint = streamer.stdout.readline().split("listening on ")[1].split(",")[0]
+    streamer, endpoint = start_stream(out)
     proc = psutil.Process(streamer.pid)
     peak = proc.memory_info().rss
     start = time.perf_counter()
