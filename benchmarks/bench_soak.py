@@ -54,7 +54,7 @@ def _hostile(endpoint: str, stop: threading.Event, sent: Counter) -> None:
                 batch += 1
                 future = time.time_ns() + _TEN_YEARS_NS
                 records = [dict(record, seq=batch * 1000 + i, ts=future, msg="future") for i in range(200)]
-                records.append(dict(record, seq=10**15 * batch, ts=time.time_ns(), msg="jump", w="jumper"))
+                records.append(dict(record, seq=10**15 + batch * 10**12, ts=time.time_ns(), msg="jump", w="jumper"))
                 frames = [b"B", orjson.dumps({"b": batch, "c": future, "n": 201, "r": records})]
                 frames += [os.urandom(200), b"{broken", b"[" * 3000]
                 try:

@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import orjson
 import psutil
@@ -310,10 +312,24 @@ def latency(work: str, ranks: int, rate: float, seconds: float) -> dict[str, flo
     }
 
 
+@contextlib.contextmanager
+def _without_syncs() -> Iterator[None]:
+    """The baseline of durable acks: fsync and fdatasync do nothing (what an ack cost before they were made)."""
+    real = os.fsync, os.fdatasync
+    os.fsync = os.fdatasync = lambda fd: None
+    try:
+        yield
+    finally:
+        os.fsync, os.fdatasync = real
+
+
 def report(quick: bool = False) -> str:
     """The streamer table, as markdown."""
     work = tempfile.mkdtemp(prefix="nvrxlog-bench-stream-")
     try:
+        with _without_syncs():
+            loose = ingest(os.path.join(work, "loose"), 16, 10_000 if quick else 40_000)
+            loose_lat = latency(os.path.join(work, "loose"), 8, 1000, 5 if quick else 15)
         got = ingest(work, 16, 10_000 if quick else 40_000)
         gone = churn(work, 30_000 if quick else 300_000, 300_000 if quick else 1_000_000)
         big = scale(work, 128 if quick else 512, 200)
@@ -328,6 +344,16 @@ def report(quick: bool = False) -> str:
                     f"ingest, 16 nodes flat out, {got['records']:,} records",
                     f"{got['rate']:,.0f} rec/s",
                     f"{got['rate'] / got['ceiling']:.2f}x bare ROUTER ({got['ceiling']:,.0f} rec/s)",
+                ],
+                [
+                    "durable acks (a sync per flush, node and streamer): ingest",
+                    f"{got['rate'] / loose['rate']:.2f}x of no syncs",
+                    f"{got['rate']:,.0f} vs {loose['rate']:,.0f} rec/s",
+                ],
+                [
+                    "durable acks: cluster-file latency",
+                    f"p99 {lat['cluster_p99'] * 1e3:.0f} ms vs {loose_lat['cluster_p99'] * 1e3:.0f} ms",
+                    f"p50 {lat['cluster_p50'] * 1e3:.0f} ms vs {loose_lat['cluster_p50'] * 1e3:.0f} ms",
                 ],
                 [
                     f"ingest of one steady writer ({gone['steady']:,} records) "
