@@ -106,73 +106,88 @@ def run(
     work = Path(tempfile.mkdtemp(prefix="nvrxlog-soak-"))
     cluster = work / "cluster.log"
     stream, endpoint = start_stream(cluster, "--json")
-    tmp, logs = work / "tmp", work / "logs"
-    aggregate = [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs)]
-    aggregate += ["--node-id", "soak-real", "--streamer", endpoint, "--json"]
-    env = clean_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", NVRX_NODE_ID="soak-real")
-    rank_count = int(seconds * 100)
-    rank_code = (
-        "import sys, time; from nvrxlog import setup_logger; log = setup_logger(); n = int(sys.argv[1])\n"
-        "for i in range(n):\n    log.info(f'soak {i}'); time.sleep(0.01)\n"
-    )
-    rank = subprocess.Popen([sys.executable, "-c", rank_code, str(rank_count)], env=dict(env, RANK="0", LOCAL_RANK="0"))
-    agg = subprocess.Popen(aggregate, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    senders = subprocess.Popen(
-        [sys.executable, str(HERE / "_soak_nodes.py"), endpoint, str(work), str(nodes - 1), str(seconds)]
-        + [str(rate), str(short)],
-        env=clean_env(PYTHONPATH=os.pathsep.join(sys.path)),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    live = {"streamer": stream}
     stop = threading.Event()
-    hostile_sent: Counter = Counter()
-    hostile = threading.Thread(target=_hostile, args=(endpoint, stop, hostile_sent), daemon=True)
-    hostile.start()
-    tail = _Tail(cluster)
-    curve: list[tuple[float, float, float]] = []  # (seconds in, streamer RSS MiB, cluster lag s)
-    restarts = 0
-    started = last_restart = time.monotonic()
-    streamer = psutil.Process(stream.pid)
-    while senders.poll() is None:
-        time.sleep(1.0)  # the sampling interval of the curves
-        now = time.monotonic()
+    try:
+        tmp, logs = work / "tmp", work / "logs"
+        aggregate = [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs)]
+        aggregate += ["--node-id", "soak-real", "--streamer", endpoint, "--json"]
+        env = clean_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", NVRX_NODE_ID="soak-real")
+        rank_count = int(seconds * 100)
+        rank_code = (
+            "import sys, time; from nvrxlog import setup_logger; log = setup_logger(); n = int(sys.argv[1])\n"
+            "for i in range(n):\n    log.info(f'soak {i}'); time.sleep(0.01)\n"
+        )
+        rank = live["rank"] = subprocess.Popen(
+            [sys.executable, "-c", rank_code, str(rank_count)], env=dict(env, RANK="0", LOCAL_RANK="0")
+        )
+        agg = live["aggregator"] = subprocess.Popen(
+            aggregate, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        senders = live["senders"] = subprocess.Popen(
+            [sys.executable, str(HERE / "_soak_nodes.py"), endpoint, str(work), str(nodes - 1), str(seconds)]
+            + [str(rate), str(short)],
+            env=clean_env(PYTHONPATH=os.pathsep.join(sys.path)),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        hostile_sent: Counter = Counter()
+        hostile = threading.Thread(target=_hostile, args=(endpoint, stop, hostile_sent), daemon=True)
+        hostile.start()
+        tail = _Tail(cluster)
+        curve: list[tuple[float, float, float]] = []  # (seconds in, streamer RSS MiB, cluster lag s)
+        restarts = 0
+        started = last_restart = time.monotonic()
+        streamer = psutil.Process(stream.pid)
+        while senders.poll() is None:
+            time.sleep(1.0)  # the sampling interval of the curves
+            now = time.monotonic()
+            tail.poll()
+            lag = (time.time_ns() - tail.newest) / 1e9 if tail.newest else float("nan")
+            curve.append((now - started, streamer.memory_info().rss / 2**20, lag))
+            if rank.poll() is None and now - last_restart > restart_every:
+                agg.send_signal(signal.SIGKILL)
+                agg.wait(timeout=30)
+                agg = live["aggregator"] = subprocess.Popen(
+                    aggregate, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                restarts += 1
+                last_restart = now
+        stop.set()
+        hostile.join(30)
+        sent = orjson.loads(senders.stdout.read())
+        rank.wait(timeout=120)
+        agg.send_signal(signal.SIGTERM)
+        agg.wait(timeout=120)
+        stream.send_signal(signal.SIGTERM)
+        stream.wait(timeout=120)
         tail.poll()
-        lag = (time.time_ns() - tail.newest) / 1e9 if tail.newest else float("nan")
-        curve.append((now - started, streamer.memory_info().rss / 2**20, lag))
-        if rank.poll() is None and now - last_restart > restart_every:
-            agg.send_signal(signal.SIGKILL)
-            agg.wait(timeout=30)
-            agg = subprocess.Popen(aggregate, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            restarts += 1
-            last_restart = now
-    stop.set()
-    hostile.join(30)
-    sent = orjson.loads(senders.stdout.read())
-    rank.wait(timeout=120)
-    agg.send_signal(signal.SIGTERM)
-    agg.wait(timeout=120)
-    stream.send_signal(signal.SIGTERM)
-    stream.wait(timeout=120)
-    tail.poll()
-    expected = {(f"soak{n}", f"steady {i}") for n in range(nodes - 1) for i in range(sent["steady"][n])}
-    shorts = {msg for (_, msg) in tail.seen if msg.startswith("short ")}
-    expected |= {("soak-real", f"soak {i}") for i in range(rank_count)}
-    got = {key for key in tail.seen if not key[1].startswith("short ")}
-    result = {
-        "nodes": nodes,
-        "seconds": seconds,
-        "records": sum(sent["steady"]) + sum(sent["short"]) + rank_count,
-        "short-lived writers": sum(sent["short"]),
-        "restarts": restarts,
-        "hostile batches": hostile_sent["batches"],
-        "missing": len(expected - got) + (sum(sent["short"]) - len(shorts)),
-        "doubled": sum(n - 1 for n in tail.seen.values() if n > 1),
-        "undelivered": sent["undelivered"],
-        # What the streamer keeps per writer: bounded by the live ones, not by all ever seen.
-        "checkpoint bytes": (work / ".cluster.log.ckpt").stat().st_size,
-        "curve": curve,
-    }
-    subprocess.run(["rm", "-rf", str(work)], check=False)
+        expected = {(f"soak{n}", f"steady {i}") for n in range(nodes - 1) for i in range(sent["steady"][n])}
+        shorts = {msg for (_, msg) in tail.seen if msg.startswith("short ")}
+        expected |= {("soak-real", f"soak {i}") for i in range(rank_count)}
+        got = {key for key in tail.seen if not key[1].startswith("short ")}
+        result = {
+            "nodes": nodes,
+            "seconds": seconds,
+            "records": sum(sent["steady"]) + sum(sent["short"]) + rank_count,
+            "short-lived writers": sum(sent["short"]),
+            "restarts": restarts,
+            "hostile batches": hostile_sent["batches"],
+            "missing": len(expected - got) + (sum(sent["short"]) - len(shorts)),
+            "doubled": sum(n - 1 for n in tail.seen.values() if n > 1),
+            "undelivered": sent["undelivered"],
+            # What the streamer keeps per writer: bounded by the live ones, not by all ever seen.
+            "checkpoint bytes": (work / ".cluster.log.ckpt").stat().st_size,
+            "curve": curve,
+        }
+    finally:
+        # Whatever happened, nothing this started is left running.
+        stop.set()
+        for proc in live.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
     return result
 
 
