@@ -231,9 +231,20 @@ def test_retire_forgets_a_writers_cursor_and_written_seq() -> None:
     """``retire`` drops the writer from de-duplication and from what the checkpoint saves; others stay."""
     written = {"n1|w0": 4, "n1|w1": 2}
     ingest = new_ingest(written=written)
-    ingest.retire([(NODE, "w0"), (NODE, "never-seen")])
+    assert ingest.retire([(NODE, "w0"), (NODE, "never-seen")], by=NODE) == [(NODE, "w0")]
     assert written == {"n1|w1": 2} and set(ingest.cursors) == {"n1|w1"}
     assert ingest.stats["retired"] == 1
+
+
+def test_only_the_session_that_brought_a_writer_may_retire_it() -> None:
+    """A peer naming another node's writer ended (relayed form) retires nothing: its resends stay duplicates."""
+    ingest = new_ingest()
+    ingest.batch(NODE, payload(1, [rec(0, T0), rec(1, T0 + 1)]))
+    evil = ingest.batch("evil", orjson.dumps({"b": 1, "c": 0, "r": [], "o": "x", "e": [["w0", NODE]]}))
+    assert ingest.retire(list(evil.ended), by="evil") == []
+    assert ingest.cursors[f"{NODE}|w0"].seq == 1
+    assert ingest.batch(NODE, payload(2, [rec(1, T0 + 1)])).chunk.seqs == []  # still a duplicate
+    assert ingest.retire([(NODE, "w0")], by=NODE) == [(NODE, "w0")]
 
 
 @FORMS
@@ -245,7 +256,7 @@ def test_a_batch_at_or_below_its_runs_floor_is_a_duplicate_as_a_whole(form: str)
     first = ingest.batch(NODE, _with(body, o="run1", e=["gone"]))
     assert first.chunk.seqs == [0, 1]
     ingest.floors.raise_to(NODE, "run1", 3)
-    ingest.retire(list(first.ended))
+    ingest.retire(list(first.ended), by=NODE)
     assert ingest.cursors == {}
     again = ingest.batch(NODE, _with(body, o="run1", e=["gone"]))
     assert (again.chunk.seqs, again.newest, again.ended, again.seq) == ([], -1, (), 3)
@@ -661,3 +672,23 @@ def test_a_seq_far_ahead_of_its_writer_is_refused_not_believed(form: str) -> Non
     # Within one batch too: the run up to the jump is taken, the jump is not.
     mixed = ingest.batch("n0", payload(4, [rec(5, now + 3), rec(5 + 10**12, now + 4)], form=form))
     assert mixed.chunk.seqs == [5] and ingest.stats["implausible_seqs"] == 3
+
+
+@FORMS
+def test_a_seq_far_ahead_is_refused_after_a_restart_too(form: str) -> None:
+    """A writer restored from the checkpoint (no time known) gets no credit for the years before: 10**15 is refused."""
+    now = __import__("time").time_ns()
+    ingest = new_ingest(written={f"{NODE}|w0": 5})
+    assert ingest.batch(NODE, payload(1, [rec(10**15, now)], form=form)).chunk.ts == []
+    assert ingest.stats["implausible_seqs"] == 1
+    assert ingest.batch(NODE, payload(2, [rec(6, now)], form=form)).chunk.seqs == [6]
+
+
+@FORMS
+def test_a_held_record_resent_under_another_offset_keeps_its_ack_behind_it(form: str) -> None:
+    """First received corrected by +5 s and held; resent when the offset is 0: the ack still waits for +5 s."""
+    ingest = new_ingest()
+    first = ingest.batch(NODE, payload(1, [rec(0, T0)], form=form), offset=5 * 10**9, arrival=T0 + 6 * 10**9)
+    assert first.newest == T0 + 5 * 10**9
+    again = ingest.batch(NODE, payload(1, [rec(0, T0)], form=form), offset=0, arrival=T0 + 6 * 10**9)
+    assert again.chunk.seqs == [] and again.newest >= first.newest

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 __all__ = ["WriterCursor", "plausible_jump"]
 
-#: Seqs a writer may skip at no time at all (clock granularity, a burst that was lost).
-JUMP_FLOOR = 10_000
+#: Seqs a writer may skip at no time at all (clock granularity): a record takes a microsecond at least.
+JUMP_FLOOR = 1_000
 #: Records per second no writer can exceed (a rank's handler does about a million).
 _MAX_RATE_PER_NS = 10_000_000 / 1e9
 

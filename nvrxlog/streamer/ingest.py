@@ -107,6 +107,10 @@ class Ingest:
         self._keep_records = keep_records
         self._names: dict[str, str] = {}
         self._jumps_named: set[str] = set()  # writers whose implausible seqs were said
+        #: Per writer, the session (node) whose batches brought its latest records: only it may retire the writer.
+        self.via: dict[str, str] = {}
+        # Cursors restored from a checkpoint have no time: a seq jump is credited from now on only.
+        self._restored_at = time.time_ns()
         #: New records by (node, rank) and by (node, level): what the streamer's summary reports.
         self.per_rank: Counter[tuple] = Counter()
         self.levels: Counter[tuple] = Counter()
@@ -160,16 +164,25 @@ class Ingest:
             ended.append((name, writer if type(writer) is str and len(writer) <= 200 else str(writer)[:200]))
         return tuple(ended)
 
-    def retire(self, ended: list[tuple[str, str]]) -> None:
-        """Forget writers that ended, once the batch saying so is written and acknowledged (see ``floors``)."""
-        cursors, written = self.cursors, self.written
-        retired = 0
+    def retire(self, ended: list[tuple[str, str]], by: str) -> list[tuple[str, str]]:
+        """Forget writers that ended, once the batch saying so is written and acknowledged (see ``floors``).
+
+        Only the session (``by``) whose batches brought a writer's records may
+        end it: a peer naming another node's writers ended would otherwise
+        make that node's resends new again. Returns the writers retired.
+        """
+        cursors, written, via = self.cursors, self.written, self.via
+        retired = []
         for node, writer in ended:
             key = record_key(node, writer)
+            if via.get(key, node) != by:
+                continue
             written.pop(key, None)
+            via.pop(key, None)
             if cursors.pop(key, None) is not None:
-                retired += 1
-        self.stats["retired"] += retired
+                retired.append((node, writer))
+        self.stats["retired"] += len(retired)
+        return retired
 
     def name(self, raw: object) -> str:
         """A node name from the network, sanitised (names reach file names and lines), cached.
@@ -234,7 +247,7 @@ class Ingest:
                 n,
             )
         keys = list(map(keys_of.__getitem__, p))
-        if not self._all_new(keys, seqs, merge):
+        if not self._all_new(node, keys, seqs, merge):
             return self.records(node, unpack(body), offset, arrival)
         # Counted in C, ints only; a few entries each.
         for pi, count in Counter(p).items():
@@ -260,7 +273,7 @@ class Ingest:
             self.stats["bad_messages"] += count
             self._notice(f"{count} record(s) in a batch from {node} had a msg that is not text; shown cut short")
 
-    def _all_new(self, keys: list[str], seqs: list[int], ts: list[int]) -> bool:
+    def _all_new(self, node: str, keys: list[str], seqs: list[int], ts: list[int]) -> bool:
         """Take the records as new if they plainly are; False (nothing taken) if it needs a closer look.
 
         Plainly new: times never decrease, and each writer's run plainly
@@ -287,6 +300,7 @@ class Ingest:
         ):
             for key in first_seq:
                 cursors[key].admit_run(first_seq[key], first_ts[key], last_seq[key], last_ts[key])
+            self.via.update(dict.fromkeys(first_seq, node))
             return True
         for key in fresh:
             del cursors[key]
@@ -309,7 +323,7 @@ class Ingest:
         ``arrival`` as for ``batch``; each record's ``ts`` is corrected in place.
         """
         self._not_text(node, text_messages(records))
-        written, cursors = self.written, self.cursors
+        written, cursors, via = self.written, self.cursors, self.via
         items: list[tuple] = []
         keys: dict[object, str] = {}  # writer -> "node|writer", per batch (a batch holds few writers)
         if arrival is None:
@@ -340,7 +354,9 @@ class Ingest:
             cursor = cursors.get(key)
             if cursor is None:
                 cursor = cursors[key] = WriterCursor()
-            if rseq > cursor.seq + JUMP_FLOOR and not plausible_jump(cursor.seq, cursor.key, rseq, ts, arrival):
+            if rseq > cursor.seq + JUMP_FLOOR and not plausible_jump(
+                cursor.seq, cursor.key or self._restored_at, rseq, ts, arrival
+            ):
                 self._implausible(key, cursor.seq, rseq)
                 continue
             ahead = ts > limit
@@ -357,10 +373,13 @@ class Ingest:
                 self.per_rank[record["node"], rank if type(rank) is int else None] += 1
                 self.levels[record["node"], level if type(level) is str else None] += 1
                 items.append((merge_key, key, rseq, record))
+                via[key] = node
                 continue
             duplicates += 1
-            if rseq > written.get(key, -1) and ts > newest:
-                newest = ts  # held for merging already (at or before this): its ack waits for it
+            if rseq > written.get(key, -1):
+                # Held for merging already, at a merge key no later than the writer's
+                # latest (its stamp then may have been corrected otherwise): the ack waits for that.
+                newest = max(newest, ts, cursor.key)
         self.stats["duplicates"] += duplicates
         if bad:
             self.stats["bad_frames"] += bad

@@ -75,7 +75,8 @@ class Intake:
     ) -> None:
         self.stats = stats
         self.max_message = max_message  # told to every node: a larger message would drop its connection
-        stats.setdefault("future_stamps", 0)  # records merged by arrival, stamped too far ahead
+        stats.setdefault("future_stamps", 0)
+        stats.setdefault("over_credit", 0)  # records merged by arrival, stamped too far ahead
         self.sessions = Sessions(credit_bytes=credit_bytes, idle_timeout=idle_timeout)
         # Records held for merging, as sorted chunks (one per batch): a flush
         # takes what is ready from each chunk and sorts only that, instead of
@@ -122,9 +123,8 @@ class Intake:
             for run, seq in raised:
                 floors.raise_to(node, run, seq)
                 moved = True
-            retired += ended
-        if retired:
-            self.ingest.retire(retired)
+            if ended:
+                retired += self.ingest.retire(ended, by=node)
         return moved, retired
 
     # -- messages -------------------------------------------------------------------
@@ -221,7 +221,9 @@ class Intake:
         until the node is welcomed, and a loop of them cannot flood the file.
         """
         self.stats["refused"] += 1
-        if not retry or (retry not in self._told_to_retry and len(self._told_to_retry) < _TOLD_TO_RETRY):
+        if not retry:
+            self.notice(f"refused {who}: {problem}")
+        elif retry not in self._told_to_retry and len(self._told_to_retry) < _TOLD_TO_RETRY:
             self._told_to_retry.add(retry)
             self.notice(f"refused {who}: {problem}")
         return [peer, REFUSED, orjson.dumps({"reason": problem, "v": PROTOCOL_VERSION, "retry": bool(retry)})]
