@@ -78,3 +78,21 @@ def test_importing_nvrxlog_loads_no_zeromq() -> None:
     result = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_batch_too_large_for_the_streamer_is_stated_lost_once_however_often_it_is_handed_out(tmp_path: Path) -> None:
+    """After a rewind (a reconnect) the same undeliverable batch is skipped again, not counted and said again."""
+    notices: list[str] = []
+    forwarder = Forwarder("tcp://127.0.0.1:1", "n0", str(tmp_path / "spool"), notice=notices.append)
+    try:
+        forwarder.spool.append([{"seq": 0, "ts": 1, "msg": "x" * 200_000, "w": "w"}], 1)
+        forwarder.spool.append([{"seq": 1, "ts": 2, "msg": "small", "w": "w"}], 2)
+        forwarder.link.max_message = 64 << 10
+        for _ in range(3):
+            frames, last = forwarder._message()
+            assert last == 2 and len(frames) == 2  # only the small batch travels
+            forwarder._rewind()
+        assert forwarder.stats["dropped"] == 1
+        assert sum("message limit" in text for text in notices) == 1
+    finally:
+        forwarder.spool.close()

@@ -106,6 +106,7 @@ class Forwarder:
         self._ack_retry_at = 0.0
         self._turned_away = False  # refused for now (another session holds our name), said once
         self._carry: tuple[int, bytes] | None = None  # a batch handed out that goes first in the next message
+        self._undeliverable_seqs: set[int] = set()  # batches stated lost as too large (few: each is a loss)
 
     def start(self) -> Forwarder:
         """Start the forwarding thread; raises ConfigError for unusable CURVE keys (before any thread runs)."""
@@ -163,6 +164,9 @@ class Forwarder:
         Later batches are acknowledged past it, so nothing waits for it; its
         records are in this node's file.
         """
+        if seq in self._undeliverable_seqs:
+            return  # handed out again after a rewind: stated once
+        self._undeliverable_seqs.add(seq)
         try:
             count = int(orjson.loads(payload)["n"])
         except (ValueError, KeyError, TypeError):
@@ -392,7 +396,8 @@ class Forwarder:
             # producer spools a batch and then raises the watermark, so in
             # this order a watermark is never announced ahead of its batch.
             watermark = self.watermark
-            ping = link.ping(now, watermark, spool.all_sent)
+            # A batch held back for the next message is not sent yet: the watermark must not pass it.
+            ping = link.ping(now, watermark, spool.all_sent and self._carry is None)
             if ping is not None:
                 _try_send(sock, [PING, ping, self._clock_frame()])
             for item, _ in poller.poll(link.poll_timeout(now) * 1000):

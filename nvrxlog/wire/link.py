@@ -119,6 +119,7 @@ class Link:
         if self.state is LinkState.REFUSED:
             return
         self.state = LinkState.HELLO
+        self.hello_since = now  # it answered: not an unreachable streamer (the refusal is said instead)
         self._forget_in_flight()
         self._back_off(now)
 

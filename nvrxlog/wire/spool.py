@@ -308,6 +308,13 @@ class Spool:
         """Close the open segment (the files stay for the next run)."""
         with self._lock:
             if self._fd >= 0:
+                if self._unsynced:
+                    # The next spool opened here syncs only its own appends, and the node's
+                    # next checkpoint counts on these too (a forwarder restarted between).
+                    try:
+                        os.fdatasync(self._fd)
+                    except OSError:
+                        pass  # a disk failing: closing still lets go of the file
                 os.close(self._fd)
                 self._fd = -1
             if self._rfile is not None:
