@@ -587,3 +587,9 @@ def test_batches_fit_the_message_limit_the_streamer_announces(tmp_path: Path) ->
     (lost,) = [r["msg"] for r in lines if "lost on the way" in r["msg"]]
     assert "batches 1-1 (3 records): larger" in lost and "message limit (262144 bytes)" in lost
     assert forwarder.stats["dropped"] == 3
+    # The next run of this node cuts what it spools to that limit before any streamer says it again.
+    again = Forwarder(endpoint, "n0", str(tmp_path / "spool"))
+    try:
+        assert again.link.max_message == 256 << 10
+    finally:
+        again.spool.close()

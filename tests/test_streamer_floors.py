@@ -70,3 +70,14 @@ def test_floors_stay_within_bounds_and_a_floor_is_the_highest_raised_since_it_wa
         assert floors.covers(node, run, expected) and not floors.covers(node, run, expected + 1)
         assert len(floors) <= 4 and len(floors) == sum(map(len, floors.saved().values()))
         assert all(len(runs) <= 2 for runs in floors.saved().values())
+
+
+def test_made_up_names_cannot_push_out_the_floors_of_connected_nodes() -> None:
+    """Past the limit the oldest floors of nodes not connected go first; a connected node's stays."""
+    floors = BatchFloors(limit=4)
+    floors.protected = lambda: {"honest"}
+    floors.raise_to("honest", "run", 7)
+    for i in range(50):
+        floors.raise_to(f"evil{i}", "run", 1)
+    assert floors.covers("honest", "run", 7) and len(floors) == 4
+    assert not floors.covers("evil0", "run", 1) and floors.covers("evil49", "run", 1)

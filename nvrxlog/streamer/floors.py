@@ -21,6 +21,7 @@ evicted is one whose batches no longer come back.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class BatchFloors:
     ) -> None:
         self.runs_per_node = runs_per_node
         self.limit = limit
+        #: The nodes whose floors are evicted last (the connected ones; set by the streamer).
+        self.protected: Callable[[], Container[str]] = frozenset
         # node -> run -> seq; both levels least recently raised first (dicts keep insertion order).
         self._floors: dict[str, dict[str, int]] = {}
         self._count = 0
@@ -87,9 +90,14 @@ class BatchFloors:
         if len(runs) > self.runs_per_node:
             del runs[next(iter(runs))]
             self._count -= 1
-        while self._count > self.limit:
-            oldest = next(iter(self._floors))
-            self._count -= len(self._floors.pop(oldest))
+        if self._count > self.limit:
+            # Made-up names must not push out the floors of nodes that are connected:
+            # theirs are the batches that come back.
+            keep = self.protected()
+            for oldest in [name for name in self._floors if name not in keep] or list(self._floors):
+                if self._count <= self.limit:
+                    break
+                self._count -= len(self._floors.pop(oldest))
 
     def saved(self) -> dict[str, dict[str, int]]:
         """The floors as the checkpoint saves them, in recency order (live: encode it, do not keep it)."""

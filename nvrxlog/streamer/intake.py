@@ -99,7 +99,7 @@ class Intake:
         self.ingest = self._new_ingest(written, floors)
 
     def _new_ingest(self, written: dict[str, int] | None, floors: BatchFloors | None) -> Ingest:
-        return Ingest(
+        ingest = Ingest(
             self._lines,
             written=written,
             floors=floors,
@@ -107,6 +107,8 @@ class Intake:
             keep_records=self._keep_records,
             stats=self.stats,
         )
+        ingest.floors.protected = self.sessions.connected
+        return ingest
 
     def settle(self, acknowledged: list[tuple[str, list[Expected]]]) -> tuple[bool, list[tuple[str, str]]]:
         """Batches written and acknowledged: raise their floors, retire the writers they ended.

@@ -89,6 +89,10 @@ class Sessions:
         """The session of ``peer``, if it said hello."""
         return self.by_peer.get(peer)
 
+    def connected(self) -> set[str]:
+        """The nodes with a session now."""
+        return {s.node for s in self.by_peer.values()}
+
     @property
     def nodes(self) -> int:
         """How many distinct nodes are connected."""

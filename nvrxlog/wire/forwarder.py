@@ -85,6 +85,8 @@ class Forwarder:
         # A context may be shared (it is thread-safe); each socket stays in one thread.
         self._context = context
         self.link = Link(heartbeat=heartbeat, liveness=liveness, now=time.monotonic())
+        # What the streamer announced last time: batches spooled before this run's welcome fit it.
+        self.link.max_message = self.spool.load_limit(MAX_MESSAGE_BYTES)
         #: The streamer's clock minus ours, from the answers to our hellos and pings.
         self.clock = ClockEstimate()
         self._tell_clock = False  # a session began: report the estimate before any batch
@@ -230,7 +232,13 @@ class Forwarder:
                 self._notice(f"the streamer {self.endpoint} took this node after all")
             welcome = orjson.loads(frames[1])
             self.clock.add(welcome.get("t0"), welcome.get("t1"), t3)
-            if link.welcome(int(welcome["credit"]), announced_max(welcome)):
+            limit = announced_max(welcome)
+            if limit != link.max_message:
+                try:
+                    self.spool.save_limit(limit)
+                except OSError:
+                    pass  # a full disk: this run cuts to it all the same
+            if link.welcome(int(welcome["credit"]), limit):
                 self._rewind()  # resend everything unacknowledged, in order
                 self._tell_clock = True
         elif kind == PING and len(frames) > 1:  # a pong answering our clock

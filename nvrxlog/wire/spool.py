@@ -33,6 +33,7 @@ _SEGMENT = re.compile(r"^seg-(\d{12})\.nvs$")
 _ACKED = "acked"
 _LOST = "lost.json"
 _IDENTITY = "id"
+_LIMIT = "limit"
 _IDENTITY_FORM = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -289,6 +290,18 @@ class Spool:
     def pending_batches(self) -> int:
         """Batches not yet acknowledged."""
         return self.next_seq - 1 - self.acked
+
+    def load_limit(self, default: int) -> int:
+        """The message limit the streamer last announced (batches spooled before its welcome are cut to it)."""
+        try:
+            with open(os.path.join(self.directory, _LIMIT)) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return default
+
+    def save_limit(self, limit: int) -> None:
+        """Keep the announced message limit for the next run; raises OSError."""
+        replace_file(os.path.join(self.directory, _LIMIT), str(limit).encode())
 
     def load_lost(self) -> list[Dropped]:
         """Losses not yet reported to the streamer (kept across restarts)."""
