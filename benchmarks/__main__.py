@@ -17,7 +17,7 @@ import time
 
 import psutil
 
-from benchmarks import bench_aggregator, bench_chaos, bench_exit, bench_handler, bench_streamer
+from benchmarks import bench_aggregator, bench_chaos, bench_exit, bench_handler, bench_soak, bench_streamer
 from benchmarks.bench_torchrun import torchrun_command
 
 
@@ -49,6 +49,7 @@ _BENCHMARKS = [
     ("streamer ingest, 512-node scale, end-to-end latency", bench_streamer.report),
     ("the end of a job: exit time and the last lines", bench_exit.report),
     ("chaos: everything going wrong at once, exactly once and bounded", bench_chaos.report),
+    ("soak: many nodes, short-lived writers, restarts and a hostile peer against one streamer", bench_soak.report),
     ("step-time overhead under torchrun (4 ranks)", torchrun_report),
 ]
 
