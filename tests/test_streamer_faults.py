@@ -16,7 +16,7 @@ import pytest
 import zmq
 import zmq.auth
 from _net import aggregate_cli, assert_exactly_once, finish, free_port, json_lines, rank_env, stop_stream, stream_cli
-from conftest import child_env, emit, fill_disk, mounted_tmpfs, raw_record, start_worker, wait_for
+from conftest import child_env, emit, fill_disk, mounted_tmpfs, raw_record, run_worker, start_worker, wait_for
 
 from nvrxlog import NodeAggregator, Streamer
 from nvrxlog.config import LogConfig
@@ -593,3 +593,25 @@ def test_batches_fit_the_message_limit_the_streamer_announces(tmp_path: Path) ->
         assert again.link.max_message == 256 << 10
     finally:
         again.spool.close()
+
+
+@pytest.mark.timeout(120)
+def test_two_aggregators_given_one_node_id_are_told_on_stderr(tmp_path: Path) -> None:
+    """A set-up mistake a user makes (one NVRX_NODE_ID on two machines): the second says why on stderr, once."""
+    out = tmp_path / "cluster.log"
+    streamer, endpoint = stream_cli(out)
+    stop = tmp_path / "stop"
+    first = aggregate_cli(tmp_path / "a", tmp_path / "la", "node7", endpoint, stop)
+    procs = [first]
+    try:
+        rank = run_worker("--count", 10, env=rank_env(tmp_path / "a", "node7", 0, 0))
+        assert rank.returncode == 0, rank.stderr
+        wait_for(lambda: out.exists() and out.read_text().count('"node":"node7"') >= 10, 30, "the first node's lines")
+        procs.append(aggregate_cli(tmp_path / "b", tmp_path / "lb", "node7", endpoint, stop))
+        wait_for(lambda: "refused a second session of node node7" in out.read_text(), 30, "the refusal")
+    finally:
+        stop.touch()
+        errors = [finish(proc) for proc in procs]
+        stop_stream(streamer)
+    assert errors[1].count("cannot take this node yet: node node7 is connected from another process") == 1
+    assert "cannot take this node yet" not in errors[0]

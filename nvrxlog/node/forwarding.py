@@ -88,7 +88,9 @@ class Forwarding:
             curve = self._options.get("curve")
             if curve is not None:
                 curve.load()  # a key problem is a clear line now, not a dead thread later
-            forwarder = Forwarder(self.streamer, self.node_id, self.spool_dir, notice=self._notice, **self._options)
+            forwarder = Forwarder(
+                self.streamer, self.node_id, self.spool_dir, notice=self._notice, errors=self._errors, **self._options
+            )
             self.forwarder = forwarder.start()
         except ConfigError as exc:
             self.forwarder = None

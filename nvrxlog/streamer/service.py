@@ -162,6 +162,7 @@ class Streamer(Service):
                     spool,
                     spool_max_bytes=self._spool_max,
                     notice=self._intake.notice_from_thread,
+                    errors=self.errors,
                     curve=self._forward_curve,
                 ).start()
             except BaseException:

@@ -21,6 +21,7 @@ import orjson
 import zmq
 
 from nvrxlog.core.record import notice_record
+from nvrxlog.core.report import ErrorCounter
 from nvrxlog.core.watermark import batch_watermarks
 from nvrxlog.errors import ConfigError, LifecycleError, TransportError
 from nvrxlog.wire.batching import MAX_BATCH_BYTES, split_batches
@@ -70,6 +71,7 @@ class Forwarder:
         heartbeat: float = 1.0,
         liveness: float = 5.0,
         notice: Notice | None = None,
+        errors: ErrorCounter | None = None,
         curve: CurveKeys | None = None,
         context: zmq.Context | None = None,
     ) -> None:
@@ -95,6 +97,8 @@ class Forwarder:
         self.stats: dict[str, int] = {"sent": 0, "acked_batches": 0, "resets": 0, "reconnects": 0, "dropped": 0}
         self.failure: BaseException | None = None
         self._notice = notice or (lambda text: None)
+        # A refusal is a set-up problem (two nodes given one id, versions apart): stderr too, once.
+        self._errors = errors
         self._wake = Wakeup()
         self._stopping = False
         self._stop_deadline = 0.0
@@ -254,10 +258,10 @@ class Forwarder:
                 link.turned_away(now)
                 if not self._turned_away:
                     self._turned_away = True
-                    self._notice(f"the streamer {self.endpoint} cannot take this node yet: {reason}; retrying")
+                    self._problem(f"the streamer {self.endpoint} cannot take this node yet: {reason}; retrying")
                 return
             link.refuse(reason)
-            self._notice(
+            self._problem(
                 f"the streamer {self.endpoint} refused this node: {reason}; "
                 f"forwarding stopped, records stay spooled in {self.spool.directory}"
             )
@@ -291,6 +295,12 @@ class Forwarder:
     def _clock_frame(self) -> bytes:
         """A ping's clock part: stamped now, with our estimate of the streamer's clock."""
         return orjson.dumps(self.clock.report(time.time_ns()))
+
+    def _problem(self, text: str) -> None:
+        """Say ``text`` in the output and, the first time, on stderr."""
+        if self._errors is not None:
+            self._errors.once(text)
+        self._notice(text)
 
     def _ack_saved(self, problem: OSError | None, now: float) -> None:
         """Note how saving the acknowledged position went: a failure is reported once and retried later."""
