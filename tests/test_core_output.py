@@ -102,6 +102,21 @@ def test_floors_saved_with_the_writers_come_back_and_a_save_without_them_keeps_t
         again.close()
 
 
+def test_merge_keys_saved_with_the_writers_come_back(paths: tuple[str, str]) -> None:
+    """The streamer's per-writer merge keys are saved beside the writers and reopened."""
+    out = CheckpointedOutput(*paths)
+    out.open()
+    assert out.keys == {}
+    out.save({"n0|w1": 4}, keys={"n0|w1": 1_700_000_000_000_000_000})
+    out.close()
+    again = CheckpointedOutput(*paths)
+    try:
+        assert again.open() == {"n0|w1": 4}
+        assert again.keys == {"n0|w1": 1_700_000_000_000_000_000}
+    finally:
+        again.close()
+
+
 def test_bytes_written_after_the_last_save_are_cut_back(paths: tuple[str, str]) -> None:
     """Bytes past the checkpoint (written by a process that died before saving) are cut off; cut says how many."""
     out = CheckpointedOutput(*paths)

@@ -615,3 +615,31 @@ def test_two_aggregators_given_one_node_id_are_told_on_stderr(tmp_path: Path) ->
         stop_stream(streamer)
     assert errors[1].count("cannot take this node yet: node node7 is connected from another process") == 1
     assert "cannot take this node yet" not in errors[0]
+
+
+@pytest.mark.timeout(120)
+def test_after_a_restart_a_writers_honest_gap_is_believed_and_a_forged_jump_is_not(tmp_path: Path) -> None:
+    """The checkpoint keeps each writer's last merge key: jumps are judged across a streamer restart as before it."""
+    out = tmp_path / "cluster.log"
+    now = time.time_ns()
+    spool = str(tmp_path / "spool")
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        first = Forwarder(streamer.endpoint, "node0", spool).start()
+        records = [raw_record(seq, f"r0 i{seq}", w="w0", ts=now - 60 * 10**9 + seq) for seq in range(100)]
+        first.submit(records, records[-1]["ts"])
+        wait_for(lambda: first.spool.unacked == 0 and first.link.ready, 30, "the first records acknowledged")
+        assert first.stop(10) == 0
+    with Streamer("tcp://127.0.0.1:0", str(out), json=True) as streamer:
+        # 5,000 records lost on the node, then one stamped 30 s later, sent after the restart.
+        later = Forwarder(streamer.endpoint, "node0", spool).start()
+        gap = raw_record(5100, "r0 after the gap", w="w0", ts=now - 30 * 10**9)
+        later.submit([gap], gap["ts"])
+        wait_for(lambda: later.spool.unacked == 0 and later.link.ready, 30, "the record after the gap")
+        assert later.stop(10) == 0
+        context = zmq.Context()
+        evil = _dealer(streamer.endpoint, context, node="node0")
+        evil.send_multipart([b"B", _batch([raw_record(10**15, "forged", w="w0")], 1)])
+        wait_for(lambda: streamer.stats["implausible_seqs"] == 1, 20, "the forged record to be judged")
+        context.destroy(linger=0)
+    lines = json_lines(out)
+    assert [r["seq"] for r in lines if r.get("w") == "w0"] == [*range(100), 5100]

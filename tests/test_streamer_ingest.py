@@ -692,3 +692,16 @@ def test_a_held_record_resent_under_another_offset_keeps_its_ack_behind_it(form:
     assert first.newest == T0 + 5 * 10**9
     again = ingest.batch(NODE, payload(1, [rec(0, T0)], form=form), offset=0, arrival=T0 + 6 * 10**9)
     assert again.chunk.seqs == [] and again.newest >= first.newest
+
+
+def test_a_restarted_streamer_judges_a_writers_jumps_from_its_last_line() -> None:
+    """With the merge key of each writer's last line saved, a restart believes an honest gap in a backlog
+    (stamped before the restart) and refuses a seq no writer reaches, as before it."""
+    now = __import__("time").time_ns()
+    last = now - 100 * 10**9  # the writer's last line written, 100 s ago
+    ingest = new_ingest(written={f"{NODE}|w0": 5}, keys={f"{NODE}|w0": last})
+    assert ingest.cursors[f"{NODE}|w0"].key == last
+    # 5,000 records lost on the node, the next one stamped 50 s later: spooled while the streamer was down.
+    assert ingest.batch(NODE, payload(1, [rec(5006, last + 50 * 10**9)])).chunk.seqs == [5006]
+    assert ingest.batch(NODE, payload(2, [rec(10**15, now)])).chunk.ts == []
+    assert ingest.stats["implausible_seqs"] == 1

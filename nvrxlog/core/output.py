@@ -32,6 +32,7 @@ class Checkpoint:
     writers: dict[str, int] = field(default_factory=dict)
     out_id: str = ""  # "st_dev:st_ino" of the file it describes ("" in checkpoints from before it was kept)
     floors: dict[str, dict[str, int]] = field(default_factory=dict)  # the streamer's: node -> spool run -> seq
+    keys: dict[str, int] = field(default_factory=dict)  # the streamer's: writer -> merge key of its last line
 
     def covers(self, path: str, file_id: str) -> bool:
         """This checkpoint describes the very file now at ``path`` (only then may recovery cut it back)."""
@@ -55,6 +56,7 @@ def load_checkpoint(path: str) -> tuple[Checkpoint, str | None]:
                     str(node): {str(run): int(seq) for run, seq in runs.items()}
                     for node, runs in raw.get("floors", {}).items()
                 },
+                keys={str(k): int(v) for k, v in raw.get("keys", {}).items()},
             ),
             None,
         )
@@ -74,6 +76,7 @@ def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
             "writers": checkpoint.writers,
             "out_id": checkpoint.out_id,
             "floors": checkpoint.floors,
+            "keys": checkpoint.keys,
         }
     )
     replace_file(path, data, durable=True)
@@ -145,7 +148,7 @@ class CheckpointedOutput:
                 # adopted as it is and never cut back to a size that is not its own.
                 if ckpt.out == self.path:
                     self.problem = f"{self.path} is not the file its checkpoint describes; adopted as it is"
-                ckpt.out, ckpt.out_size, ckpt.writers, ckpt.floors = self.path, size, {}, {}
+                ckpt.out, ckpt.out_size, ckpt.writers, ckpt.floors, ckpt.keys = self.path, size, {}, {}, {}
                 ckpt.out_id = file_id
                 save_checkpoint(self.checkpoint_path, ckpt)
             ckpt.out_id = file_id
@@ -164,6 +167,11 @@ class CheckpointedOutput:
         return self._ckpt.floors
 
     @property
+    def keys(self) -> dict[str, int]:
+        """Per writer, the merge key of its last line, as the checkpoint held it (the streamer's)."""
+        return self._ckpt.keys
+
+    @property
     def size(self) -> int:
         """Bytes in the file now."""
         return os.lseek(self._fd, 0, os.SEEK_END)
@@ -180,8 +188,13 @@ class CheckpointedOutput:
                 pass
             raise
 
-    def save(self, writers: dict[str, int], floors: dict[str, dict[str, int]] | None = None) -> None:
-        """Checkpoint the file's size now with ``writers``' seqs (and ``floors``), durably; raises ``OSError``.
+    def save(
+        self,
+        writers: dict[str, int],
+        floors: dict[str, dict[str, int]] | None = None,
+        keys: dict[str, int] | None = None,
+    ) -> None:
+        """Checkpoint the file size now with the writers' seqs (``floors``, ``keys`` too), durably; raises ``OSError``.
 
         What the checkpoint covers is on disk first, and the checkpoint itself
         is when this returns: what follows a checkpoint (an ack, deleting the
@@ -195,6 +208,8 @@ class CheckpointedOutput:
         ckpt.writers = writers
         if floors is not None:
             ckpt.floors = floors
+        if keys is not None:
+            ckpt.keys = keys
         save_checkpoint(self.checkpoint_path, ckpt)
 
     def close(self) -> None:

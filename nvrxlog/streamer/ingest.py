@@ -90,10 +90,15 @@ class Ingest:
         keep_records: Callable[[], bool] = lambda: False,
         stats: dict[str, int] | None = None,
         floors: BatchFloors | None = None,
+        keys: dict[str, int] | None = None,
     ) -> None:
         self.lines = lines
         self.written: dict[str, int] = written if written is not None else {}  # shared with the output
-        self.cursors: dict[str, WriterCursor] = {key: WriterCursor(seq) for key, seq in self.written.items()}
+        #: Per writer, the merge key of its last line written (shared with the output, saved with it).
+        self.keys: dict[str, int] = keys if keys is not None else {}
+        self.cursors: dict[str, WriterCursor] = {
+            key: WriterCursor(seq, self.keys.get(key, 0)) for key, seq in self.written.items()
+        }
         self.floors = floors if floors is not None else BatchFloors()  # shared with the output
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("duplicates", 0)
@@ -109,7 +114,8 @@ class Ingest:
         self._jumps_named: set[str] = set()  # writers whose implausible seqs were said
         #: Per writer, the session (node) whose batches brought its latest records: only it may retire the writer.
         self.via: dict[str, str] = {}
-        # Cursors restored from a checkpoint have no time: a seq jump is credited from now on only.
+        # Cursors restored from a checkpoint of before keys were saved have no time:
+        # a seq jump is credited from now on only.
         self._restored_at = time.time_ns()
         #: New records by (node, rank) and by (node, level): what the streamer's summary reports.
         self.per_rank: Counter[tuple] = Counter()
@@ -178,6 +184,7 @@ class Ingest:
             if via.get(key, node) != by:
                 continue
             written.pop(key, None)
+            self.keys.pop(key, None)
             via.pop(key, None)
             if cursors.pop(key, None) is not None:
                 retired.append((node, writer))

@@ -94,15 +94,19 @@ class Intake:
         self._notice_key = record_key(name, f"streamer.{self._start_ns}")
         self.ingest = self._new_ingest(None, None)
 
-    def recover(self, written: dict[str, int], floors: BatchFloors) -> None:
-        """Start from what the output already holds (per ``node|writer``, the highest seq written; the floors)."""
-        self.ingest = self._new_ingest(written, floors)
+    def recover(self, written: dict[str, int], floors: BatchFloors, keys: dict[str, int] | None = None) -> None:
+        """Start from what the output already holds (per ``node|writer``: the highest seq written, its merge key;
+        the floors)."""
+        self.ingest = self._new_ingest(written, floors, keys)
 
-    def _new_ingest(self, written: dict[str, int] | None, floors: BatchFloors | None) -> Ingest:
+    def _new_ingest(
+        self, written: dict[str, int] | None, floors: BatchFloors | None, keys: dict[str, int] | None = None
+    ) -> Ingest:
         ingest = Ingest(
             self._lines,
             written=written,
             floors=floors,
+            keys=keys,
             notice=self.notice,
             keep_records=self._keep_records,
             stats=self.stats,

@@ -21,6 +21,8 @@ class ClusterOutput:
     def __init__(self, path: str, checkpoint_path: str) -> None:
         self.file = CheckpointedOutput(path, checkpoint_path)
         self.written: dict[str, int] = {}  # "node|writer" -> highest seq in the file
+        # "node|writer" -> the merge key of its last line: a restart judges its next seqs by it (``plausible_jump``).
+        self.keys: dict[str, int] = {}
         self.floors = BatchFloors()  # per node and spool run, the highest batch acknowledged
         self.unsaved = False  # written since the last checkpoint
         self.records = 0
@@ -31,17 +33,19 @@ class ClusterOutput:
         """Recover the file (see ``CheckpointedOutput.open``); the writers' written seqs (``floors`` recovered too)."""
         self.written = self.file.open()
         self.floors = BatchFloors(self.file.floors)
+        self.keys = {key: ts for key, ts in self.file.keys.items() if key in self.written}
         return self.written
 
     def write(self, ready: Ready) -> None:
         """Append ``ready``'s lines in time order; raises OSError with the file as it was."""
         self.file.write("".join(ready.merged("lines")).encode("utf-8", "backslashreplace"))
         self.unsaved = True
-        written = self.written
+        written, keys = self.written, self.keys
         last_ts = self._last_ts
         for part in ready.parts:
             # In each part, and from part to part, a writer's records keep their order.
             written.update(zip(part.keys, part.seqs, strict=True))
+            keys.update(zip(part.keys, part.ts, strict=True))
             if part.ts[0] < last_ts:
                 # Older than lines already written: from a node that lagged more
                 # than max_hold (or reached its own node late). Written, counted.
@@ -51,7 +55,7 @@ class ClusterOutput:
 
     def checkpoint(self) -> None:
         """Make what is written durable in the checkpoint; raises OSError."""
-        self.file.save(self.written, self.floors.saved())
+        self.file.save(self.written, self.floors.saved(), self.keys)
         self.unsaved = False
 
     def close(self) -> None:

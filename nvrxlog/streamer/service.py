@@ -206,7 +206,7 @@ class Streamer(Service):
             raise  # another process writes it: the message says so
         except OSError as exc:
             raise OutputError(f"cannot open {self.out_path}: {exc.strerror}") from exc
-        self._intake.recover(written, self._cluster.floors)
+        self._intake.recover(written, self._cluster.floors, self._cluster.keys)
         if self._cluster.file.problem:
             self._intake.notice(self._cluster.file.problem)
 
