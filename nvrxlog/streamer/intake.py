@@ -75,8 +75,8 @@ class Intake:
     ) -> None:
         self.stats = stats
         self.max_message = max_message  # told to every node: a larger message would drop its connection
-        stats.setdefault("future_stamps", 0)
-        stats.setdefault("over_credit", 0)  # records merged by arrival, stamped too far ahead
+        stats.setdefault("future_stamps", 0)  # records merged by arrival, stamped too far ahead
+        stats.setdefault("over_credit", 0)  # batches refused from peers past their credit
         self.sessions = Sessions(credit_bytes=credit_bytes, idle_timeout=idle_timeout)
         # Records held for merging, as sorted chunks (one per batch): a flush
         # takes what is ready from each chunk and sorts only that, instead of

@@ -13,6 +13,7 @@ import orjson
 import zmq
 
 from nvrxlog.core.record import bounded_record
+from nvrxlog.wire.send import try_send
 
 __all__ = ["LIVE_HEARTBEAT", "LiveView", "encoded"]
 
@@ -82,7 +83,4 @@ class LiveView:
             self._send([b"rec", encoded(shown)])
 
     def _send(self, frames: list[bytes]) -> None:
-        try:
-            self.pub.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # no subscriber keeps up: live view only, the file has everything
+        try_send(self.pub, frames)  # dropped if no subscriber keeps up: live view only, the file has everything

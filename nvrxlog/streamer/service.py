@@ -32,17 +32,10 @@ from nvrxlog.streamer.sockets import bind_sockets
 from nvrxlog.wire.curve import CurveKeys
 from nvrxlog.wire.forwarder import Forwarder
 from nvrxlog.wire.protocol import ACK, MAX_MESSAGE_BYTES
+from nvrxlog.wire.send import try_send
 from nvrxlog.wire.wakeup import Wakeup
 
 __all__ = ["Streamer"]
-
-
-def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
-    """Send without waiting; a full queue drops it (every reply and ack is one its peer asks for again)."""
-    try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
-    except zmq.Again:
-        pass
 
 
 class Streamer(Service):
@@ -102,7 +95,6 @@ class Streamer(Service):
         self._curve_clients = curve_clients_dir
         self._forward_curve = forward_curve
         self._spool_max = spool_max_bytes
-        self._max_message = max_message_bytes
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failure: BaseException | None = None
@@ -220,7 +212,7 @@ class Streamer(Service):
                 router, pub = bind_sockets(
                     context,
                     self.bind,
-                    max_message=self._max_message,
+                    max_message=self._intake.max_message,
                     curve_secret=self._curve_secret,
                     curve_clients=self._curve_clients,
                     made=made,
@@ -278,7 +270,7 @@ class Streamer(Service):
                         break
                     reply = handle(frames, time.monotonic())
                     if reply is not None:
-                        _send(router, reply)
+                        try_send(router, reply)  # dropped if full: the peer asks again
                     if time.monotonic() >= due:
                         break
             now = time.monotonic()
@@ -293,4 +285,4 @@ class Streamer(Service):
     @staticmethod
     def _acknowledge(router: zmq.Socket, acks: list[tuple[bytes, int]]) -> None:
         for peer, last in acks:
-            _send(router, [peer, ACK, orjson.dumps({"acked": last})])  # lost: the node resends, is acked again
+            try_send(router, [peer, ACK, orjson.dumps({"acked": last})])  # lost: the node resends, is acked again

@@ -96,7 +96,7 @@ class Sessions:
     @property
     def nodes(self) -> int:
         """How many distinct nodes are connected."""
-        return len({s.node for s in self.by_peer.values()})
+        return len(self.connected())
 
     def conflict(self, node: str, sid: str, now: float) -> str | None:
         """Why a hello as ``node`` from spool ``sid`` cannot be served now, or None.

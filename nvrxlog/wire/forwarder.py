@@ -41,6 +41,7 @@ from nvrxlog.wire.protocol import (
     announced_max,
     hello,
 )
+from nvrxlog.wire.send import try_send
 from nvrxlog.wire.spool import Dropped, Spool
 from nvrxlog.wire.wakeup import Wakeup
 
@@ -370,10 +371,10 @@ class Forwarder:
             if self._stopping and (spool.pending_batches == 0 or now > self._stop_deadline):
                 if link.ready and spool.pending_batches == 0:
                     # A clean goodbye: the streamer stops waiting for our watermark.
-                    _try_send(sock, [QUIT])
+                    try_send(sock, [QUIT])
                 return
             if link.hello_due(now):
-                link.said_hello(now, _try_send(sock, hello(self.node_id, self.spool.identity, now_ns=time.time_ns())))
+                link.said_hello(now, try_send(sock, hello(self.node_id, self.spool.identity, now_ns=time.time_ns())))
             if not warned and link.waited_past(now, self.warn_after):
                 warned = True
                 self._notice(
@@ -398,13 +399,13 @@ class Forwarder:
                 if self._tell_clock and self.clock.best is not None:
                     # Before the session's first batch, so its stamps are corrected
                     # (a DEALER delivers in order). No watermark: batches are not sent yet.
-                    self._tell_clock = not _try_send(sock, [PING, b"", self._clock_frame()])
+                    self._tell_clock = not try_send(sock, [PING, b"", self._clock_frame()])
             while link.has_room():
                 frames, last = self._message()
                 if not last:
                     break
                 size = sum(map(len, frames)) - 1
-                if not _try_send(sock, frames):
+                if not try_send(sock, frames):
                     self._rewind()  # the pipe is full or gone: resend from the first unacked
                     link.send_failed()
                     break
@@ -417,7 +418,7 @@ class Forwarder:
             # A batch held back for the next message is not sent yet: the watermark must not pass it.
             ping = link.ping(now, watermark, spool.all_sent and self._carry is None)
             if ping is not None:
-                _try_send(sock, [PING, ping, self._clock_frame()])
+                try_send(sock, [PING, ping, self._clock_frame()])
             for item, _ in poller.poll(link.poll_timeout(now) * 1000):
                 if item == wake:
                     self._wake.drain()
@@ -436,11 +437,3 @@ class Forwarder:
 def _frames_fit(size: int, more: int, limit: int) -> bool:
     # A message under the streamer's limit (frames carry a few bytes of framing each).
     return size + more + 64 <= limit
-
-
-def _try_send(sock: zmq.Socket, frames: list[bytes]) -> bool:
-    try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
-        return True
-    except zmq.Again:
-        return False
