@@ -58,81 +58,89 @@ def run(ranks: int = 4, count: int = 20_000, rate: float = 1000.0, kill_every: f
     work = Path(tempfile.mkdtemp(prefix="nvrxlog-chaos-"))
     logs = work / "logs"
     tmpfs = _mount(logs, "8m")
-    logs.mkdir(exist_ok=True)
     tmp = work / "tmp"
     cluster = work / "cluster.log"
-    stream, endpoint = start_stream(cluster, "--json")
-    aggregate = [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs)]
-    aggregate += ["--node-id", "n0", "--streamer", endpoint, "--json"]
-    env = clean_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", NVRX_NODE_ID="n0")
+    stream = agg = None
+    procs: list[subprocess.Popen] = []
+    try:
+        stream, endpoint = start_stream(cluster, "--json")
+        aggregate = [sys.executable, "-m", "nvrxlog", "aggregate", "--tmp-dir", str(tmp), "--log-dir", str(logs)]
+        aggregate += ["--node-id", "n0", "--streamer", endpoint, "--json"]
+        env = clean_env(NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external", NVRX_NODE_ID="n0")
 
-    def start_aggregator() -> subprocess.Popen:
-        return subprocess.Popen(aggregate, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        def start_aggregator() -> subprocess.Popen:
+            return subprocess.Popen(aggregate, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    agg = start_aggregator()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "_chaos_rank.py"), str(count), str(rate)],
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        for r in range(ranks)
-    ]
-    rss: dict[str, list[float]] = {"streamer": [], "aggregator": [], "ranks": []}
-    kills = fills = 0
-    filler = None
-    started = last_kill = time.monotonic()
-    while any(p.poll() is None for p in procs):
-        time.sleep(0.5)  # the sampling interval of the curve
-        now = time.monotonic()
-        for name, group in (("streamer", [stream]), ("aggregator", [agg]), ("ranks", procs)):
-            for proc in group:
-                try:
-                    mib = psutil.Process(proc.pid).memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-                if mib:  # a process that has just exited shows 0
-                    rss[name].append(mib)
-        if now - last_kill > kill_every:
-            agg.send_signal(signal.SIGKILL)
-            agg.wait(timeout=30)
-            agg = start_aggregator()
-            kills += 1
-            last_kill = now
-        if tmpfs and filler is None and now - started > 2 and fills == 0:
-            filler, fills = _fill(logs), 1
-        elif filler is not None and now - started > 5:
+        agg = start_aggregator()
+        procs += [
+            subprocess.Popen(
+                [sys.executable, str(HERE / "_chaos_rank.py"), str(count), str(rate)],
+                env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for r in range(ranks)
+        ]
+        rss: dict[str, list[float]] = {"streamer": [], "aggregator": [], "ranks": []}
+        kills = fills = 0
+        filler = None
+        started = last_kill = time.monotonic()
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)  # the sampling interval of the curve
+            now = time.monotonic()
+            for name, group in (("streamer", [stream]), ("aggregator", [agg]), ("ranks", procs)):
+                for proc in group:
+                    try:
+                        mib = psutil.Process(proc.pid).memory_info().rss / 2**20
+                    except psutil.Error:
+                        continue
+                    if mib:  # a process that has just exited shows 0
+                        rss[name].append(mib)
+            if now - last_kill > kill_every:
+                agg.send_signal(signal.SIGKILL)
+                agg.wait(timeout=30)
+                agg = start_aggregator()
+                kills += 1
+                last_kill = now
+            if tmpfs and filler is None and now - started > 2 and fills == 0:
+                filler, fills = _fill(logs), 1
+            elif filler is not None and now - started > 5:
+                filler.unlink()
+                filler = None
+        if filler is not None:
             filler.unlink()
-            filler = None
-    if filler is not None:
-        filler.unlink()
-    logged = [tuple(map(int, p.stdout.read().split())) for p in procs]
-    agg.send_signal(signal.SIGTERM)
-    agg.wait(timeout=120)
-    stream.send_signal(signal.SIGTERM)
-    stream.wait(timeout=60)
-    node, cluster_records = _lines(logs / "nvrx_log_n0.log"), _lines(cluster)
-    expected = {("n0", r, f"r{r} main {i}") for r in range(ranks) for i in range(count)}
-    result = {
-        "ranks": ranks,
-        "count": count,
-        "kills": kills,
-        "disk filled": bool(fills),
-        "ticks and finalizer records": sum(t + f for t, f in logged),
-        "rss": rss,
-    }
-    for name, records in (("per-node file", node), ("cluster file", cluster_records)):
-        got = _count(records)
-        result[name] = {
-            "missing": len(expected - set(got)),
-            "doubled": sum(n - 1 for n in got.values() if n > 1),
-            "side records": len(records) - sum(got.values()),
+        logged = [tuple(map(int, p.stdout.read().split())) for p in procs]
+        agg.send_signal(signal.SIGTERM)
+        agg.wait(timeout=120)
+        stream.send_signal(signal.SIGTERM)
+        stream.wait(timeout=60)
+        node, cluster_records = _lines(logs / "nvrx_log_n0.log"), _lines(cluster)
+        expected = {("n0", r, f"r{r} main {i}") for r in range(ranks) for i in range(count)}
+        result = {
+            "ranks": ranks,
+            "count": count,
+            "kills": kills,
+            "disk filled": bool(fills),
+            "ticks and finalizer records": sum(t + f for t, f in logged),
+            "rss": rss,
         }
-    if tmpfs:
-        subprocess.run(["umount", "-l", str(logs)], check=False)
-    subprocess.run(["rm", "-rf", str(work)], check=False)
+        for name, records in (("per-node file", node), ("cluster file", cluster_records)):
+            got = _count(records)
+            result[name] = {
+                "missing": len(expected - set(got)),
+                "doubled": sum(n - 1 for n in got.values() if n > 1),
+                "side records": len(records) - sum(got.values()),
+            }
+    finally:
+        # Whatever happened, nothing this started is left running or mounted.
+        for proc in (stream, agg, *procs):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        if tmpfs:
+            subprocess.run(["umount", "-l", str(logs)], check=False)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
     return result
 
 

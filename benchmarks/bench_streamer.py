@@ -269,7 +269,9 @@ def latency(work: str, ranks: int, rate: float, seconds: float) -> dict[str, flo
         sub = context.socket(zmq.SUB)
         sub.connect(streamer.pub_endpoint)
         sub.subscribe(b"rec")
-        time.sleep(0.5)  # let the subscription reach the PUB socket before measuring
+        deadline = time.monotonic() + 30
+        while not streamer.watched and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling: the subscription reaches the PUB socket before measuring
         with NodeAggregator(tmp, logs, "lat", streamer.endpoint):
             env = dict(os.environ, NVRX_NODE_LOCAL_TMPDIR=tmp, NVRX_LOG_AGGREGATOR="external")
             procs = [
