@@ -106,22 +106,14 @@ class Link:
         arrive together; only one that ends a session counts as its loss (the
         rest, arriving while saying hello, are that same loss).
         """
-        if self.state is not LinkState.READY:
-            return
-        self.state = LinkState.HELLO
-        self.hello_since = now  # it answered just now: a new round of hellos begins
-        self._last_hello = float("-inf")
-        self._forget_in_flight()
-        self._back_off(now)
+        if self.state is LinkState.READY:
+            self._new_round(now)
 
     def turned_away(self, now: float) -> None:
         """The streamer cannot serve us yet (another session holds our name): hello again after a pause."""
-        if self.state is LinkState.REFUSED:
-            return
-        self.state = LinkState.HELLO
-        self.hello_since = now  # it answered: not an unreachable streamer (the refusal is said instead)
-        self._forget_in_flight()
-        self._back_off(now)
+        if self.state is not LinkState.REFUSED:
+            # It answered: not an unreachable streamer (the refusal is said instead).
+            self._new_round(now, at_once=False)
 
     def refuse(self, reason: str) -> None:
         """The streamer will never serve us; forwarding stops (records stay spooled)."""
@@ -135,11 +127,15 @@ class Link:
 
     def reconnected(self, now: float) -> None:
         """A fresh connection: say hello again and resend what is unacknowledged."""
-        if self.state is LinkState.REFUSED:
-            return  # final
+        if self.state is not LinkState.REFUSED:  # final
+            self._new_round(now)
+
+    def _new_round(self, now: float, *, at_once: bool = True) -> None:
+        """A session lost: a new round of hellos from ``now`` (``at_once``: the first as soon as the pause allows)."""
         self.state = LinkState.HELLO
         self.hello_since = now
-        self._last_hello = float("-inf")
+        if at_once:
+            self._last_hello = float("-inf")
         self._forget_in_flight()
         self._back_off(now)
 
