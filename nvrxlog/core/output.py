@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from nvrxlog.core.fileio import open_own, replace_file, write_all
+from nvrxlog.core.fileio import close_quietly, open_own, replace_file, write_all
 from nvrxlog.core.lock import Busy, FileLock
 from nvrxlog.errors import OutputError
 
@@ -221,7 +221,5 @@ class CheckpointedOutput:
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the inherited descriptors, keeping the parent's lock (it still writes)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._fd = close_quietly(self._fd)
         self._lock.forget_after_fork()

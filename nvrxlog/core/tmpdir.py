@@ -66,7 +66,7 @@ def aggregator_alive(tmp_dir: str) -> bool:
     """True if a live aggregator holds the lock of ``tmp_dir`` (a lock that is not ours counts as none)."""
     try:
         # A lock planted by another user, or a symlink, is no aggregator of ours.
-        fd = open_own(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_own(os.path.join(tmp_dir, LOCK_NAME), os.O_RDONLY)
     except OSError:
         return False
     try:

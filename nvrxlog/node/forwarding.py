@@ -64,8 +64,6 @@ class Forwarding:
         self.spool_dir = spool_dir
         #: The running forwarder, a dead one kept until its restart (its spool still takes batches), or None.
         self.forwarder: Forwarder | None = None
-        #: Forwarders started after a failure.
-        self.restarts = 0
         self._notice = notice
         self._errors = errors
         self._stats = stats
@@ -101,7 +99,6 @@ class Forwarding:
             self._failed(now, f"cannot start forwarding to {self.streamer}: {describe(exc)}")
             return False
         if self._failures:
-            self.restarts += 1
             self._notice(f"forwarding to {self.streamer} restarted")
         return True
 

@@ -18,6 +18,8 @@ __all__ = ["SafeHandler", "SafeStreamHandler", "AppendFileHandler"]
 # signal handler or a finalizer run inside emit) one record may bring along;
 # past that it is a loop, and the rest are dropped and counted.
 MAX_DEFERRED = 100
+# How a log file is opened for appending (open_own adds O_NOFOLLOW and O_CLOEXEC).
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
 
 class SafeHandler(logging.Handler):
@@ -60,7 +62,8 @@ class SafeHandler(logging.Handler):
                 self.emit(record)
             finally:
                 try:
-                    self._write_deferred()
+                    if self._deferred:  # almost never: a signal handler or finalizer logged meanwhile
+                        self._write_deferred()
                 finally:
                     self._busy = False
         return True
@@ -68,7 +71,7 @@ class SafeHandler(logging.Handler):
     def _write_deferred(self) -> None:
         # Also what a signal queued while the record was being filtered or
         # written. (One that lands after this loop and before _busy is reset
-        # waits for the next record or close().)
+        # waits for the next record, or for close() of the node-local handler.)
         deferred = self._deferred
         budget = MAX_DEFERRED
         while deferred:
@@ -126,7 +129,7 @@ class AppendFileHandler(SafeHandler):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = os.path.abspath(path)
-        self._fd = open_own(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._fd = open_own(self.path, _APPEND)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -135,7 +138,7 @@ class AppendFileHandler(SafeHandler):
                     self._successor.handle(record)
                     return
                 # Closed by someone else (logging.shutdown() inside dictConfig): the file is still ours.
-                self._fd = open_own(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC)
+                self._fd = open_own(self.path, _APPEND)
             write_all(self._fd, (self.format(record) + "\n").encode("utf-8", "backslashreplace"))
         except RecursionError:
             raise
